@@ -329,6 +329,9 @@ func (r *Registrar) run() {
 				backoff = r.nextBackoff(backoff)
 				retry = time.After(backoff)
 				r.failed(err)
+				// Redial at once on the next attempt instead of waiting out
+				// gRPC's reconnect backoff (up to 120s by default).
+				r.cli.ActiveConnection().ResetConnectBackoff()
 			} else {
 				backoff = 0
 				r.succeeded()

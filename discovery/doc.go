@@ -1,0 +1,30 @@
+// Package discovery turns the keys under an etcd prefix into a stream of
+// immutable endpoint snapshots.
+//
+// A Watcher lists its prefix at revision R and watches from R+1, so no event
+// is lost between the two; after a compaction or any watch error it lists
+// again and publishes the difference. It never gives up, and an error never
+// empties the set: while etcd is unreachable the last good snapshot stays in
+// force and subscribers are told about the error beside it. Malformed values
+// are skipped, logged once per key and counted; the good endpoints beside them
+// are published.
+//
+// Within a process, subscriptions to the same prefix through the same etcd
+// client share one Watcher, and so one etcd watch:
+//
+//	sub, err := discovery.Subscribe(cli, "order.rpc")
+//	if err != nil {
+//		return err
+//	}
+//	defer sub.Close()
+//	for st := range sub.Updates() {
+//		if st.Err != nil {
+//			log.Printf("etcd trouble, still using %d endpoints: %v", len(st.Snapshot.Endpoints), st.Err)
+//			continue
+//		}
+//		log.Printf("revision %d: %d endpoints", st.Snapshot.Revision, len(st.Snapshot.Endpoints))
+//	}
+//
+// Updates are latest-wins: a subscriber that reads slowly sees the newest
+// state, not every intermediate one, and never slows the others down.
+package discovery
