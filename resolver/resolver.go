@@ -3,7 +3,6 @@ package resolver
 import (
 	"fmt"
 	"log/slog"
-	"maps"
 	"strings"
 	"sync"
 
@@ -196,7 +195,7 @@ type info struct{ e endpoint.Endpoint }
 
 func (i info) Equal(o any) bool {
 	oi, ok := o.(info)
-	return ok && endpoint.Equal(i.e, oi.e) && maps.Equal(i.e.Tags, oi.e.Tags)
+	return ok && endpoint.Equal(i.e, oi.e)
 }
 
 // FromAttributes returns the Muster endpoint behind a resolver.Endpoint's or

@@ -12,6 +12,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 )
@@ -70,10 +72,12 @@ func Call(ctx context.Context, cc grpc.ClientConnInterface, opts ...grpc.CallOpt
 	return resp.GetHostname(), nil
 }
 
-// Server is a running gRPC server with a Service on a loopback port.
+// Server is a running gRPC server with a Service and the standard health
+// service on a loopback port.
 type Server struct {
 	*Service
-	GRPC *grpc.Server
+	GRPC   *grpc.Server
+	Health *health.Server
 	Addr string
 	lis  net.Listener
 	done chan error
@@ -90,8 +94,9 @@ func Start(name, addr string, opts ...grpc.ServerOption) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Service: New(name), GRPC: grpc.NewServer(opts...), Addr: lis.Addr().String(), lis: lis, done: make(chan error, 1)}
+	s := &Server{Service: New(name), GRPC: grpc.NewServer(opts...), Health: health.NewServer(), Addr: lis.Addr().String(), lis: lis, done: make(chan error, 1)}
 	s.Service.Register(s.GRPC)
+	healthpb.RegisterHealthServer(s.GRPC, s.Health)
 	go func() { s.done <- s.GRPC.Serve(lis) }()
 	return s, nil
 }
