@@ -1,0 +1,437 @@
+package etcdtest
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/types"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// Test-only raft timings; production defaults (100ms heartbeat, 1000ms
+// election timeout) are left alone.
+//
+// A member of a multi-member cluster uses a 50ms heartbeat and a 500ms
+// (10-tick) election timeout: failover takes well under a second, while a
+// loaded 2-core machine under -race does not stall heartbeats long enough to
+// cause spurious elections. A lone member cannot lose leadership, so it uses
+// 10ms/100ms: a fresh or restarted single member waits a random 1-10 ticks
+// for its first election, which is the bulk of its start-up time.
+const (
+	clusterTickMs     = 50
+	clusterElectionMs = 500
+	singleTickMs      = 10
+	singleElectionMs  = 100
+)
+
+const (
+	host = "127.0.0.1"
+
+	// readyTimeout bounds how long a start or restart may take before the
+	// test fails.
+	readyTimeout = 30 * time.Second
+	// maxStartAttempts bounds how many times a start is retried with fresh
+	// ports after a bind failure.
+	maxStartAttempts = 5
+	// restartBindRetry bounds how long Restart retries binding its
+	// (fixed) ports while another process holds one of them.
+	restartBindRetry = 5 * time.Second
+
+	clientDialTimeout = 2 * time.Second
+	pollInterval      = 10 * time.Millisecond
+)
+
+// Option customises members started by Single or Cluster.
+type Option func(*options)
+
+type options struct {
+	configFns []func(*embed.Config)
+}
+
+// WithConfig registers fn to adjust each member's embed.Config right before
+// the member is started (and again before every Restart). fn runs after the
+// package has filled in its defaults (name, data dir, 127.0.0.1 URLs, fast
+// timings, silenced logging), so it can override any of them, e.g. switch on
+// TLS (ClientTLSInfo or ClientAutoTLS plus "https" client URL schemes) or
+// auto-compaction. Changing URL hosts or ports is not supported; the
+// initial cluster is derived from the advertised peer URL scheme after fn
+// runs. To see etcd's logs set cfg.ZapLoggerBuilder, e.g. to
+// embed.NewZapLoggerBuilder(zap.NewExample()).
+func WithConfig(fn func(*embed.Config)) Option {
+	return func(o *options) { o.configFns = append(o.configFns, fn) }
+}
+
+func buildOptions(opts []Option) *options {
+	o := &options{}
+	for _, opt := range opts {
+		opt(o)
+	}
+	return o
+}
+
+// Member is one embedded etcd server. It keeps its name, data directory and
+// client/peer ports for its whole life, so it can be stopped and restarted.
+// Its methods are safe for concurrent use.
+type Member struct {
+	t          testing.TB
+	name       string
+	dir        string
+	clientPort int
+	peerPort   int
+	group      *Group
+	opts       *options
+	logs       *logRing
+
+	opMu sync.Mutex // serialises Stop and Restart
+
+	mu     sync.Mutex  // guards the fields below
+	etcd   *embed.Etcd // nil while stopped
+	cut    *rpcCutter  // ends etcd's client RPCs on Stop
+	last   *embed.Etcd // most recently stopped instance
+	id     types.ID    // raft member ID, stable across restarts
+	tlsCfg *tls.Config
+}
+
+// Single starts one embedded etcd member listening on 127.0.0.1 with its
+// data in a t.TempDir() directory, and waits until it serves a linearizable
+// Get. The member is stopped by t.Cleanup. Failures call t.Fatal with
+// etcd's recent warnings and errors.
+func Single(t testing.TB, opts ...Option) *Member {
+	t.Helper()
+	return startGroup(t, 1, buildOptions(opts)).members[0]
+}
+
+// Name returns the member's etcd name.
+func (m *Member) Name() string { return m.name }
+
+// DataDir returns the member's data directory.
+func (m *Member) DataDir() string { return m.dir }
+
+// Endpoints returns the member's client address as "127.0.0.1:PORT", ready
+// for clientv3.Config.Endpoints. It does not change across restarts.
+func (m *Member) Endpoints() []string {
+	return []string{m.clientAddr()}
+}
+
+func (m *Member) clientAddr() string { return net.JoinHostPort(host, strconv.Itoa(m.clientPort)) }
+func (m *Member) peerAddr() string   { return net.JoinHostPort(host, strconv.Itoa(m.peerPort)) }
+
+// Running reports whether the member is started (between a successful start
+// or Restart and the next Stop).
+func (m *Member) Running() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.etcd != nil
+}
+
+// Server returns the running embedded server for advanced tests, or nil
+// while the member is stopped. The value changes on every Restart.
+func (m *Member) Server() *embed.Etcd {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.etcd
+}
+
+// Client returns a new client connected to this member only. It uses a short
+// dial timeout and a no-op logger, and is closed by t.Cleanup. It keeps
+// working across Stop/Restart of the member (requests fail while stopped).
+func (m *Member) Client(t testing.TB) *clientv3.Client {
+	t.Helper()
+	m.mu.Lock()
+	tc := m.tlsCfg
+	m.mu.Unlock()
+	return newClient(t, m.Endpoints(), tc)
+}
+
+func newClient(t testing.TB, endpoints []string, tc *tls.Config) *clientv3.Client {
+	t.Helper()
+	c, err := clientv3.New(clientConfig(endpoints, tc))
+	if err != nil {
+		t.Fatalf("etcdtest: creating client for %v: %v", endpoints, err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func clientConfig(endpoints []string, tc *tls.Config) clientv3.Config {
+	return clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: clientDialTimeout,
+		Logger:      zap.NewNop(),
+		TLS:         tc,
+	}
+}
+
+// Stop shuts the member down: its client and peer ports stop accepting,
+// open client streams (watches, lease keep-alives) are cut, and its
+// goroutines end. A leader hands leadership to a running peer first, as
+// etcd does on shutdown, so a new leader usually exists right after Stop
+// returns. Stopping a stopped member does nothing. Stop typically takes a
+// few milliseconds (about 50ms for a leader).
+func (m *Member) Stop() {
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	m.stopLocked()
+}
+
+func (m *Member) stopLocked() {
+	m.mu.Lock()
+	e, cut := m.etcd, m.cut
+	m.etcd, m.cut = nil, nil
+	if e != nil {
+		m.last = e
+	}
+	m.mu.Unlock()
+	if e == nil {
+		return
+	}
+
+	if e.Server != nil && e.Server.Leader() == e.Server.MemberID() && m.group != nil {
+		var stopped []types.ID
+		for _, o := range m.group.members {
+			if o != m && !o.Running() {
+				if id := o.memberID(); id != 0 {
+					stopped = append(stopped, id)
+				}
+			}
+		}
+		waitInactive(e.Server, stopped, 2*time.Second)
+	}
+
+	// While e closes, keep closing the other members' idle connections to
+	// it, so that its peer server does not wait for them (see
+	// peerconns.go).
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	if m.group != nil && len(m.group.members) > 1 {
+		wg.Go(func() {
+			tick := time.NewTicker(20 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				for _, o := range m.group.members {
+					if oe := o.Server(); oe != nil && o != m {
+						closePeerIdleConns(oe.Server)
+					}
+				}
+				select {
+				case <-done:
+					return
+				case <-tick.C:
+				}
+			}
+		})
+	}
+	cut.cut() // see rpccut.go
+	if e.Server != nil {
+		select {
+		case <-e.Server.ReadyNotify():
+		default:
+			// Close first waits for the client servers, which only
+			// start once the server is ready (it has joined and
+			// published itself, which needs a quorum). Stopping the
+			// raft server first makes them give up at once.
+			e.Server.HardStop()
+		}
+	}
+	e.Close()
+	close(done)
+	wg.Wait()
+	if e.Server != nil {
+		<-e.Server.StopNotify()
+		closePeerIdleConns(e.Server)
+	}
+}
+
+// Restart starts the member again with the same name, data directory and
+// client/peer ports and waits until it serves a linearizable Get; a running
+// member is stopped first. In a cluster the member rejoins and catches up,
+// which needs a quorum (counting this member) to be running; to bring back
+// a cluster that lost quorum use Group.Restart. Failures call t.Fatal on
+// the testing.TB the member was created with, so Restart must be called
+// from that test's goroutine.
+func (m *Member) Restart() {
+	m.t.Helper()
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	m.stopLocked()
+	if err := m.startRetryBind(); err != nil {
+		m.t.Fatalf("etcdtest: restarting %s: %v\n%s", m.name, err, m.describe())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	if err := m.waitReady(ctx); err != nil {
+		desc := m.describe()
+		m.stopLocked()
+		m.t.Fatalf("etcdtest: restarting %s: %v\n%s", m.name, err, desc)
+	}
+}
+
+// startRetryBind starts the member on its fixed ports, retrying for a while
+// if another process holds one of them. Callers hold opMu.
+func (m *Member) startRetryBind() error {
+	deadline := time.Now().Add(restartBindRetry)
+	for {
+		err := m.start()
+		if err == nil || !isAddrInUse(err) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// config builds the member's embed.Config.
+func (m *Member) config() *embed.Config {
+	cfg := embed.NewConfig()
+	cfg.Name = m.name
+	cfg.Dir = m.dir
+
+	peer := url.URL{Scheme: "http", Host: m.peerAddr()}
+	client := url.URL{Scheme: "http", Host: m.clientAddr()}
+	cfg.ListenPeerUrls = []url.URL{peer}
+	cfg.AdvertisePeerUrls = []url.URL{peer}
+	cfg.ListenClientUrls = []url.URL{client}
+	cfg.AdvertiseClientUrls = []url.URL{client}
+	cfg.ListenClientHttpUrls = nil
+	cfg.ListenMetricsUrls = nil
+	cfg.EnableGRPCGateway = false
+	cfg.ClusterState = embed.ClusterStateFlagNew
+	cfg.InitialClusterToken = m.group.token
+
+	if len(m.group.members) == 1 {
+		cfg.TickMs, cfg.ElectionMs = singleTickMs, singleElectionMs
+	} else {
+		cfg.TickMs, cfg.ElectionMs = clusterTickMs, clusterElectionMs
+	}
+	cfg.UnsafeNoFsync = true
+	cfg.AutoCompactionRetention = "0"
+
+	cfg.Logger = "zap"
+	cfg.LogLevel = "warn"
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(m.logs.logger())
+
+	for _, fn := range m.opts.configFns {
+		fn(cfg)
+	}
+
+	scheme := "http"
+	if len(cfg.AdvertisePeerUrls) > 0 {
+		scheme = cfg.AdvertisePeerUrls[0].Scheme
+	}
+	var ic []string
+	for _, o := range m.group.members {
+		ic = append(ic, fmt.Sprintf("%s=%s://%s", o.name, scheme, o.peerAddr()))
+	}
+	cfg.InitialCluster = strings.Join(ic, ",")
+	return cfg
+}
+
+// start launches the server without waiting for it. Callers hold opMu (or
+// own the member exclusively).
+func (m *Member) start() error {
+	cfg := m.config()
+	cut := newRPCCutter()
+	cfg.GRPCAdditionalServerOptions = append(cfg.GRPCAdditionalServerOptions, cut.serverOptions()...)
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		cut.cut()
+		return err
+	}
+	tc, err := clientTLS(e.Config())
+	if err != nil {
+		cut.cut()
+		e.Close()
+		return err
+	}
+	m.mu.Lock()
+	m.etcd = e
+	m.cut = cut
+	m.id = e.Server.MemberID()
+	m.tlsCfg = tc
+	m.mu.Unlock()
+	return nil
+}
+
+// memberID returns the member's raft ID (0 before the first start).
+func (m *Member) memberID() types.ID {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.id
+}
+
+// clientTLS returns the client TLS config matching the server's client
+// URLs: nil for plain http, otherwise built from ClientTLSInfo (which
+// ClientAutoTLS fills with a self-signed certificate; without a trusted CA the
+// server certificate is not verified).
+func clientTLS(cfg embed.Config) (*tls.Config, error) {
+	if len(cfg.AdvertiseClientUrls) == 0 || cfg.AdvertiseClientUrls[0].Scheme != "https" {
+		return nil, nil
+	}
+	info := cfg.ClientTLSInfo
+	tc, err := info.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("building client TLS config: %w", err)
+	}
+	if info.TrustedCAFile == "" {
+		tc.InsecureSkipVerify = true
+	}
+	return tc, nil
+}
+
+// waitReady waits for the started server to report ready and to answer a
+// linearizable Get through its client port.
+func (m *Member) waitReady(ctx context.Context) error {
+	m.mu.Lock()
+	e, tc := m.etcd, m.tlsCfg
+	m.mu.Unlock()
+	if e == nil {
+		return errors.New("not running")
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err, ok := <-e.Err():
+		if !ok {
+			return errors.New("server exited before it was ready")
+		}
+		return fmt.Errorf("server error before ready: %w", err)
+	case <-e.Server.StopNotify():
+		return errors.New("server stopped before it was ready")
+	case <-ctx.Done():
+		return fmt.Errorf("server not ready after %v", readyTimeout)
+	}
+
+	c, err := clientv3.New(clientConfig(m.Endpoints(), tc))
+	if err != nil {
+		return fmt.Errorf("creating readiness client: %w", err)
+	}
+	defer c.Close()
+	for {
+		gctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err = c.Get(gctx, "etcdtest/ready")
+		cancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("server ready but Get via %s still failing after %v: %w", m.clientAddr(), readyTimeout, err)
+		case <-time.After(pollInterval):
+		}
+	}
+}
+
+// describe summarises the member for failure messages.
+func (m *Member) describe() string {
+	return fmt.Sprintf("--- member %s: client %s peer %s dir %s; recent etcd warnings/errors:\n%s",
+		m.name, m.clientAddr(), m.peerAddr(), m.dir, m.logs.String())
+}
