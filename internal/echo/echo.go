@@ -78,10 +78,10 @@ type Server struct {
 	*Service
 	GRPC   *grpc.Server
 	Health *health.Server
-	Addr string
-	lis  net.Listener
-	done chan error
-	once sync.Once
+	Addr   string
+	lis    net.Listener
+	done   chan error
+	once   sync.Once
 }
 
 // Start serves a new Service called name on 127.0.0.1 at a port the OS
