@@ -171,17 +171,20 @@ func (r *etcdResolver) run() {
 }
 
 // State converts a snapshot into the gRPC resolver state: one Endpoint per
-// instance (with its metadata as attribute), and the same addresses in
-// Addresses for policies that still read them.
+// instance, with its metadata as attribute (read it with FromAttributes),
+// and the same addresses, without metadata, in Addresses for policies that
+// still read them.
 func State(snap discovery.Snapshot) grpcresolver.State {
 	st := grpcresolver.State{
 		Endpoints: make([]grpcresolver.Endpoint, 0, len(snap.Endpoints)),
 		Addresses: make([]grpcresolver.Address, 0, len(snap.Endpoints)),
 	}
 	for _, e := range snap.Endpoints {
-		attr := attributes.New(attrKey{}, info{e})
-		addr := grpcresolver.Address{Addr: e.Addr, BalancerAttributes: attr}
-		st.Endpoints = append(st.Endpoints, grpcresolver.Endpoint{Addresses: []grpcresolver.Address{addr}, Attributes: attr})
+		addr := grpcresolver.Address{Addr: e.Addr}
+		st.Endpoints = append(st.Endpoints, grpcresolver.Endpoint{
+			Addresses:  []grpcresolver.Address{addr},
+			Attributes: attributes.New(attrKey{}, info{e}),
+		})
 		st.Addresses = append(st.Addresses, addr)
 	}
 	return st
@@ -198,8 +201,8 @@ func (i info) Equal(o any) bool {
 	return ok && endpoint.Equal(i.e, oi.e)
 }
 
-// FromAttributes returns the Muster endpoint behind a resolver.Endpoint's or
-// resolver.Address's (balancer) attributes.
+// FromAttributes returns the Muster endpoint behind a resolver.Endpoint's
+// attributes.
 func FromAttributes(a *attributes.Attributes) (endpoint.Endpoint, bool) {
 	if a == nil {
 		return endpoint.Endpoint{}, false

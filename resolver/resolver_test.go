@@ -379,7 +379,7 @@ func TestStateAttributes(t *testing.T) {
 		t.Fatalf("state %+v", st)
 	}
 	got, ok := FromAttributes(st.Endpoints[0].Attributes)
-	if !ok || !endpoint.Equal(got, e) || Weight(st.Endpoints[0].Attributes) != 7 || Zone(st.Addresses[0].BalancerAttributes) != "z" {
+	if !ok || !endpoint.Equal(got, e) || Weight(st.Endpoints[0].Attributes) != 7 || Zone(st.Endpoints[0].Attributes) != "z" || st.Addresses[0].Addr != e.Addr {
 		t.Fatalf("attributes give %+v %v", got, ok)
 	}
 	if Weight(nil) != endpoint.DefaultWeight {

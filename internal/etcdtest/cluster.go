@@ -174,8 +174,8 @@ func (g *Group) Endpoints() []string {
 	return eps
 }
 
-// Client returns a new client balancing over all members. It is closed by
-// t.Cleanup.
+// Client returns a new client balancing over all members, configured like
+// Member.Client. It is closed by t.Cleanup.
 func (g *Group) Client(t testing.TB) *clientv3.Client {
 	t.Helper()
 	for _, m := range g.members {

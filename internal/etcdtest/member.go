@@ -17,6 +17,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // Test-only raft timings; production defaults (100ms heartbeat, 1000ms
@@ -144,8 +146,9 @@ func (m *Member) Server() *embed.Etcd {
 }
 
 // Client returns a new client connected to this member only. It uses a short
-// dial timeout and a no-op logger, and is closed by t.Cleanup. It keeps
-// working across Stop/Restart of the member (requests fail while stopped).
+// dial timeout, a no-op logger and fast reconnects, and is closed by
+// t.Cleanup. It keeps working across Stop/Restart of the member (requests
+// fail while it is stopped).
 func (m *Member) Client(t testing.TB) *clientv3.Client {
 	t.Helper()
 	m.mu.Lock()
@@ -164,12 +167,25 @@ func newClient(t testing.TB, endpoints []string, tc *tls.Config) *clientv3.Clien
 	return c
 }
 
+// clientConfig is the configuration of the clients this package creates: a
+// short dial timeout, no logging, and reconnect attempts starting after
+// 50ms (growing to at most 1s) instead of gRPC's default 1s-120s, so clients
+// find a restarted member quickly.
 func clientConfig(endpoints []string, tc *tls.Config) clientv3.Config {
 	return clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: clientDialTimeout,
 		Logger:      zap.NewNop(),
 		TLS:         tc,
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{
+				BaseDelay:  50 * time.Millisecond,
+				Multiplier: 1.6,
+				Jitter:     0.2,
+				MaxDelay:   time.Second,
+			},
+			MinConnectTimeout: clientDialTimeout,
+		})},
 	}
 }
 
