@@ -196,7 +196,7 @@ func TestMalformedValuesSkipped(t *testing.T) {
 // Subscriptions to one prefix through one client share one etcd watch.
 func TestSubscriptionsShareOneWatch(t *testing.T) {
 	cli := etcdtest.Single(t).Client(t)
-	before := stableWatcherCount(t)
+	before := etcdtest.StableWatcherCount(t)
 	subs := make([]*Subscription, 100)
 	for i := range subs {
 		subs[i] = subscribeT(t, cli, "shared")
@@ -205,7 +205,7 @@ func TestSubscriptionsShareOneWatch(t *testing.T) {
 	for _, s := range subs {
 		waitState(t, s, 5*time.Second, "update", func(st State) bool { return st.Snapshot.Revision == rev })
 	}
-	if got := stableWatcherCount(t) - before; got != 1 {
+	if got := etcdtest.StableWatcherCount(t) - before; got != 1 {
 		t.Fatalf("etcd watchers = %v for 100 subscriptions, want 1", got)
 	}
 	if subs[0].Watcher() != subs[99].Watcher() {
@@ -410,24 +410,5 @@ func TestSubscribeAll(t *testing.T) {
 	st := waitState(t, sub, 5*time.Second, "snapshot", func(s State) bool { return s.Snapshot.Revision != 0 })
 	if len(st.Snapshot.Endpoints) != 2 || st.Snapshot.Endpoints[0].Service != "a" || st.Snapshot.Endpoints[1].Service != "b" || st.Snapshot.Skipped != 1 {
 		t.Fatalf("snapshot %+v", st.Snapshot)
-	}
-}
-
-// stableWatcherCount reads etcd's process-wide watcher gauge once it has
-// stopped moving (watchers of earlier tests are torn down asynchronously).
-func stableWatcherCount(t *testing.T) float64 {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	prev := etcdtest.WatcherCount(t)
-	for {
-		time.Sleep(200 * time.Millisecond)
-		cur := etcdtest.WatcherCount(t)
-		if cur == prev {
-			return cur
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("etcd watcher count never settled (last %v)", cur)
-		}
-		prev = cur
 	}
 }

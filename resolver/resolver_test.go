@@ -278,7 +278,7 @@ func TestThousandClientConnsOneWatch(t *testing.T) {
 	cli := etcdtest.Single(t).Client(t)
 	b := startBackends(t, 1)
 	register(t, cli, "many", b[0])
-	before := stableWatcherCount(t)
+	before := etcdtest.StableWatcherCount(t)
 	builder := NewBuilder(cli)
 	conns := make([]*grpc.ClientConn, 1000)
 	for i := range conns {
@@ -298,7 +298,7 @@ func TestThousandClientConnsOneWatch(t *testing.T) {
 	for _, i := range []int{0, 499, 999} {
 		waitReached(t, conns[i], "b0")
 	}
-	if got := stableWatcherCount(t) - before; got != 1 {
+	if got := etcdtest.StableWatcherCount(t) - before; got != 1 {
 		t.Fatalf("etcd watchers for 1000 ClientConns = %v, want 1", got)
 	}
 }
@@ -384,22 +384,5 @@ func TestStateAttributes(t *testing.T) {
 	}
 	if Weight(nil) != endpoint.DefaultWeight {
 		t.Fatal("Weight(nil) is not the default")
-	}
-}
-
-func stableWatcherCount(t *testing.T) float64 {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	prev := etcdtest.WatcherCount(t)
-	for {
-		time.Sleep(200 * time.Millisecond)
-		cur := etcdtest.WatcherCount(t)
-		if cur == prev {
-			return cur
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("etcd watcher count never settled (last %v)", cur)
-		}
-		prev = cur
 	}
 }

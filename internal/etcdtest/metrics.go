@@ -2,6 +2,7 @@ package etcdtest
 
 import (
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -54,4 +55,24 @@ func gauge(t testing.TB, name string) float64 {
 	}
 	t.Fatalf("etcdtest: metric %s not found in prometheus.DefaultGatherer (gather error: %v)", name, err)
 	return 0
+}
+
+// StableWatcherCount returns WatcherCount once it has stopped moving for
+// 200ms: watchers of earlier tests are torn down asynchronously, so a
+// baseline read at once may still count them.
+func StableWatcherCount(t testing.TB) float64 {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	prev := WatcherCount(t)
+	for {
+		time.Sleep(200 * time.Millisecond)
+		cur := WatcherCount(t)
+		if cur == prev {
+			return cur
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("etcd watcher count never settled (last %v)", cur)
+		}
+		prev = cur
+	}
 }
