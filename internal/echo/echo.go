@@ -43,8 +43,8 @@ func (s *Service) SetDelay(d time.Duration) { s.delay.Store(int64(d)) }
 // SetFailEvery makes one call in n fail with Unavailable; 0 turns it off.
 func (s *Service) SetFailEvery(n int) { s.fail.Store(int64(n)) }
 
-// Register registers s on gs.
-func (s *Service) Register(gs *grpc.Server) { testpb.RegisterTestServiceServer(gs, s) }
+// Register registers s on gs (a *grpc.Server or a *muster.Server).
+func (s *Service) Register(gs grpc.ServiceRegistrar) { testpb.RegisterTestServiceServer(gs, s) }
 
 // UnaryCall answers with the service's name in Hostname.
 func (s *Service) UnaryCall(ctx context.Context, _ *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {

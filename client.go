@@ -1,0 +1,190 @@
+package muster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	_ "google.golang.org/grpc/health" // client-side health checking
+	grpcresolver "google.golang.org/grpc/resolver"
+
+	"github.com/mustersd/muster/internal/etcdclient"
+	"github.com/mustersd/muster/resolver"
+)
+
+// DefaultServiceConfig is the gRPC service config of clients made by
+// NewClient: round-robin over the instances, each health-checked through
+// the standard grpc.health.v1 service, so that an instance that reports
+// NOT_SERVING (as a Muster server does first when it shuts down) gets no new
+// RPC even before its key leaves etcd.
+const DefaultServiceConfig = `{"loadBalancingConfig":[{"round_robin":{}}],"healthCheckConfig":{"serviceName":""}}`
+
+// NewClient returns a gRPC ClientConn to the service cfg.Name (or
+// cfg.Etcd.Key), resolved through etcd by the Muster resolver, balanced
+// round-robin with client-side health checking (DefaultServiceConfig), over
+// plaintext unless WithDialOptions says otherwise. Like grpc.NewClient it
+// does not connect: the first RPC does, or cc.Connect().
+//
+// Clients made with the same etcd settings share one etcd client, and so
+// one etcd watch per service; it is closed when the last of them closes.
+// With WithEtcdClient, that client is used instead.
+func NewClient(cfg Config, opts ...Option) (*grpc.ClientConn, error) {
+	o := buildOptions(opts)
+	cfg = cfg.WithDefaults()
+	err := cfg.Validate()
+	if cfg.Name == "" {
+		err = errors.Join(err, errors.New("Name: required: the service to call, e.g. order.rpc"))
+	}
+	if o.etcd == nil && len(cfg.Etcd.Hosts) == 0 {
+		err = errors.Join(err, errors.New("Etcd.Hosts: required: the etcd members to discover the service in, e.g. [127.0.0.1:2379]"))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("muster: client config: %w", err)
+	}
+	ropts := []resolver.Option{
+		resolver.WithNamespace(cfg.Etcd.Namespace),
+		resolver.WithLogger(o.logger),
+		resolver.WithRegisterer(o.registerer),
+	}
+	var b grpcresolver.Builder
+	if o.etcd != nil {
+		b = resolver.NewBuilder(o.etcd, ropts...)
+	} else {
+		b = &pooledBuilder{etcd: cfg.etcdConfig(), opts: ropts}
+	}
+	dopts := append([]grpc.DialOption{
+		grpc.WithResolvers(b),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultServiceConfig(DefaultServiceConfig),
+	}, o.dialOpts...)
+	cc, err := grpc.NewClient(resolver.Scheme+":///"+cfg.Name, dopts...)
+	if err != nil {
+		return nil, fmt.Errorf("muster: dial %s: %w", cfg.Name, err)
+	}
+	return cc, nil
+}
+
+// pool shares etcd clients between the ClientConns of NewClient that use the
+// same etcd settings. A client lives while a resolver uses it.
+var pool = struct {
+	mu sync.Mutex
+	m  map[string]*pooledClient
+}{m: map[string]*pooledClient{}}
+
+type pooledClient struct {
+	cli  *clientv3.Client
+	refs int
+}
+
+// poolKey identifies an etcd configuration; it stays in memory only.
+func poolKey(c etcdclient.Config) string { return fmt.Sprintf("%#v", c) }
+
+// acquire returns the shared client for c, connecting when there is none.
+// With authentication on, connecting waits for a token, up to DialTimeout.
+func acquire(c etcdclient.Config) (*clientv3.Client, func(), error) {
+	k := poolKey(c)
+	pool.mu.Lock()
+	defer pool.mu.Unlock()
+	p := pool.m[k]
+	if p == nil {
+		cli, err := etcdclient.New(c)
+		if err != nil {
+			return nil, nil, err
+		}
+		p = &pooledClient{cli: cli}
+		pool.m[k] = p
+	}
+	p.refs++
+	var once sync.Once
+	return p.cli, func() {
+		once.Do(func() {
+			pool.mu.Lock()
+			defer pool.mu.Unlock()
+			if p.refs--; p.refs == 0 {
+				delete(pool.m, k)
+				_ = p.cli.Close()
+			}
+		})
+	}, nil
+}
+
+// pooledBuilder builds Muster resolvers on a shared etcd client, which it
+// gets in the background so that Build never blocks on etcd.
+type pooledBuilder struct {
+	etcd etcdclient.Config
+	opts []resolver.Option
+}
+
+func (b *pooledBuilder) Scheme() string { return resolver.Scheme }
+
+func (b *pooledBuilder) Build(t grpcresolver.Target, cc grpcresolver.ClientConn, bo grpcresolver.BuildOptions) (grpcresolver.Resolver, error) {
+	if _, _, _, err := resolver.ParseTarget(t, "", ""); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &pooledResolver{cancel: cancel, done: make(chan struct{})}
+	go r.run(ctx, b, t, cc, bo)
+	return r, nil
+}
+
+type pooledResolver struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu      sync.Mutex
+	inner   grpcresolver.Resolver
+	release func()
+}
+
+func (r *pooledResolver) run(ctx context.Context, b *pooledBuilder, t grpcresolver.Target, cc grpcresolver.ClientConn, bo grpcresolver.BuildOptions) {
+	defer close(r.done)
+	delay := 100 * time.Millisecond
+	for {
+		cli, release, err := acquire(b.etcd)
+		if err == nil {
+			inner, err := resolver.NewBuilder(cli, b.opts...).Build(t, cc, bo)
+			if err == nil {
+				r.mu.Lock()
+				r.inner, r.release = inner, release
+				r.mu.Unlock()
+				return
+			}
+			release()
+		}
+		cc.ReportError(fmt.Errorf("muster: etcd: %w", err))
+		timer := time.NewTimer(delay/2 + rand.N(delay))
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-timer.C:
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+func (r *pooledResolver) ResolveNow(o grpcresolver.ResolveNowOptions) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.inner != nil {
+		r.inner.ResolveNow(o)
+	}
+}
+
+func (r *pooledResolver) Close() {
+	r.cancel()
+	<-r.done
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.inner != nil {
+		r.inner.Close()
+		r.release()
+		r.inner = nil
+	}
+}
