@@ -14,6 +14,7 @@ import (
 	_ "google.golang.org/grpc/health" // client-side health checking
 	grpcresolver "google.golang.org/grpc/resolver"
 
+	"github.com/mustersd/muster/endpoint"
 	"github.com/mustersd/muster/internal/etcdclient"
 	"github.com/mustersd/muster/resolver"
 )
@@ -26,46 +27,73 @@ import (
 const DefaultServiceConfig = `{"loadBalancingConfig":[{"round_robin":{}}],"healthCheckConfig":{"serviceName":""}}`
 
 // NewClient returns a gRPC ClientConn to the service cfg.Name (or
-// cfg.Etcd.Key), resolved through etcd by the Muster resolver, balanced
-// round-robin with client-side health checking (DefaultServiceConfig), over
-// plaintext unless WithDialOptions says otherwise. Like grpc.NewClient it
-// does not connect: the first RPC does, or cc.Connect().
+// cfg.Etcd.Key), balanced round-robin with client-side health checking
+// (DefaultServiceConfig), over plaintext unless WithDialOptions says
+// otherwise. The instances come from exactly one source:
 //
-// Clients made with the same etcd settings share one etcd client, and so
-// one etcd watch per service; it is closed when the last of them closes.
-// With WithEtcdClient, that client is used instead.
+//   - Etcd.Hosts (or WithEtcdClient): the Muster resolver follows the
+//     service in etcd. Clients made with the same etcd settings share one
+//     etcd client, and so one etcd watch per service; it is closed when the
+//     last of them closes.
+//   - Endpoints: a fixed list, with the same metadata attributes as
+//     instances found in etcd, so that every balancing policy works the same.
+//   - Target: any gRPC target, e.g. "dns:///order-rpc.default.svc:8080".
+//
+// Like grpc.NewClient it does not connect: the first RPC does, or
+// cc.Connect().
 func NewClient(cfg Config, opts ...Option) (*grpc.ClientConn, error) {
 	o := buildOptions(opts)
 	cfg = cfg.WithDefaults()
 	err := cfg.Validate()
-	if cfg.Name == "" {
+	if cfg.Name == "" && cfg.Target == "" {
 		err = errors.Join(err, errors.New("Name: required: the service to call, e.g. order.rpc"))
 	}
-	if o.etcd == nil && len(cfg.Etcd.Hosts) == 0 {
-		err = errors.Join(err, errors.New("Etcd.Hosts: required: the etcd members to discover the service in, e.g. [127.0.0.1:2379]"))
+	if o.etcd == nil && len(cfg.Etcd.Hosts) == 0 && len(cfg.Endpoints) == 0 && cfg.Target == "" {
+		err = errors.Join(err, errors.New("Etcd.Hosts: required (or Endpoints, or Target): where to find the service's instances, e.g. [127.0.0.1:2379]"))
+	}
+	if o.etcd != nil && (len(cfg.Endpoints) > 0 || cfg.Target != "") {
+		err = errors.Join(err, errors.New("Endpoints, Target: not used with an etcd client (WithEtcdClient); set only one source of instances"))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("muster: client config: %w", err)
 	}
-	ropts := []resolver.Option{
-		resolver.WithNamespace(cfg.Etcd.Namespace),
-		resolver.WithLogger(o.logger),
-		resolver.WithRegisterer(o.registerer),
-	}
-	var b grpcresolver.Builder
-	if o.etcd != nil {
-		b = resolver.NewBuilder(o.etcd, ropts...)
-	} else {
-		b = &pooledBuilder{etcd: cfg.etcdConfig(), opts: ropts}
-	}
-	dopts := append([]grpc.DialOption{
-		grpc.WithResolvers(b),
+	dopts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultServiceConfig(DefaultServiceConfig),
-	}, o.dialOpts...)
-	cc, err := grpc.NewClient(resolver.Scheme+":///"+cfg.Name, dopts...)
+	}
+	var target string
+	switch {
+	case cfg.Target != "":
+		target = cfg.Target
+	case len(cfg.Endpoints) > 0:
+		eps := make([]endpoint.Endpoint, 0, len(cfg.Endpoints))
+		for _, s := range cfg.Endpoints {
+			e, err := parseStaticEndpoint(cfg.Name, s)
+			if err != nil { // Validate has checked them
+				return nil, fmt.Errorf("muster: client config: Endpoints: %w", err)
+			}
+			eps = append(eps, e)
+		}
+		target = resolver.StaticScheme + ":///" + cfg.Name
+		dopts = append(dopts, grpc.WithResolvers(resolver.NewStaticBuilder(eps)))
+	default:
+		ropts := []resolver.Option{
+			resolver.WithNamespace(cfg.Etcd.Namespace),
+			resolver.WithLogger(o.logger),
+			resolver.WithRegisterer(o.registerer),
+		}
+		var b grpcresolver.Builder
+		if o.etcd != nil {
+			b = resolver.NewBuilder(o.etcd, ropts...)
+		} else {
+			b = &pooledBuilder{etcd: cfg.etcdConfig(), opts: ropts}
+		}
+		target = resolver.Scheme + ":///" + cfg.Name
+		dopts = append(dopts, grpc.WithResolvers(b))
+	}
+	cc, err := grpc.NewClient(target, append(dopts, o.dialOpts...)...)
 	if err != nil {
-		return nil, fmt.Errorf("muster: dial %s: %w", cfg.Name, err)
+		return nil, fmt.Errorf("muster: dial %s: %w", target, err)
 	}
 	return cc, nil
 }

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -61,6 +63,16 @@ type Config struct {
 	Advertise string `yaml:"Advertise,omitempty"`
 	// Etcd says how to reach etcd and where the service lives in it.
 	Etcd EtcdConfig `yaml:"Etcd"`
+	// Endpoints, for a client without etcd, is a fixed list of instances:
+	// "host:port", optionally followed by ";key=value" metadata, where the
+	// keys weight, zone and version set those fields and any other key is a
+	// tag: "10.0.0.7:8080;weight=5;zone=eu-1a;canary=true". A client uses
+	// exactly one of Etcd.Hosts, Endpoints and Target.
+	Endpoints []string `yaml:"Endpoints,omitempty"`
+	// Target, for a client without etcd, is any gRPC target, e.g.
+	// "dns:///order-rpc.default.svc.cluster.local:8080" for a Kubernetes
+	// headless service.
+	Target string `yaml:"Target,omitempty"`
 	// Metadata is what a server registers beside its address.
 	Metadata Metadata `yaml:"Metadata,omitempty"`
 	// Shutdown is how a server leaves.
@@ -216,6 +228,28 @@ func (c Config) Validate() error {
 			bad("Advertise", "%v", err)
 		}
 	}
+	var sources []string
+	for _, src := range []struct {
+		field string
+		set   bool
+	}{{"Etcd.Hosts", len(c.Etcd.Hosts) > 0}, {"Endpoints", len(c.Endpoints) > 0}, {"Target", c.Target != ""}} {
+		if src.set {
+			sources = append(sources, src.field)
+		}
+	}
+	if len(sources) > 1 {
+		bad(strings.Join(sources, ", "), "set only one source of instances: Etcd.Hosts, Endpoints or Target")
+	}
+	for i, e := range c.Endpoints {
+		if _, err := parseStaticEndpoint("x", e); err != nil {
+			bad(fmt.Sprintf("Endpoints[%d]", i), "%v", err)
+		}
+	}
+	if c.Target != "" {
+		if u, err := url.Parse(c.Target); err != nil || u.Scheme == "" {
+			bad("Target", "%q is not a gRPC target such as dns:///host:port", c.Target)
+		}
+	}
 	for i, h := range c.Etcd.Hosts {
 		if err := validateHost(h); err != nil {
 			bad(fmt.Sprintf("Etcd.Hosts[%d]", i), "%v", err)
@@ -282,7 +316,7 @@ func (c Config) Validate() error {
 }
 
 // validateServer checks what a server needs beyond Validate.
-func (c Config) validateServer(ownEtcd bool) error {
+func (c Config) validateServer() error {
 	var errs []error
 	if c.Name == "" {
 		errs = append(errs, errors.New("Name: required: the service name to register, e.g. order.rpc"))
@@ -290,10 +324,41 @@ func (c Config) validateServer(ownEtcd bool) error {
 	if c.ListenOn == "" {
 		errs = append(errs, errors.New("ListenOn: required: the address to listen on, e.g. 0.0.0.0:8080"))
 	}
-	if ownEtcd && len(c.Etcd.Hosts) == 0 {
-		errs = append(errs, errors.New("Etcd.Hosts: required: the etcd members to register in, e.g. [127.0.0.1:2379]"))
-	}
 	return errors.Join(append([]error{c.Validate()}, errs...)...)
+}
+
+// parseStaticEndpoint parses one entry of Config.Endpoints.
+func parseStaticEndpoint(service, s string) (endpoint.Endpoint, error) {
+	parts := strings.Split(s, ";")
+	e := endpoint.Endpoint{Service: service, Addr: strings.TrimSpace(parts[0])}
+	for _, kv := range parts[1:] {
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok || k == "" {
+			return endpoint.Endpoint{}, fmt.Errorf("%q: metadata %q is not key=value", s, kv)
+		}
+		switch k {
+		case "weight":
+			w, err := strconv.Atoi(v)
+			if err != nil || w < 1 || w > endpoint.MaxWeight {
+				return endpoint.Endpoint{}, fmt.Errorf("%q: weight %q is not a number from 1 to %d", s, v, endpoint.MaxWeight)
+			}
+			e.Weight = w
+		case "zone":
+			e.Zone = v
+		case "version":
+			e.Version = v
+		default:
+			if e.Tags == nil {
+				e.Tags = map[string]string{}
+			}
+			e.Tags[k] = v
+		}
+	}
+	e = e.Normalize()
+	if err := e.Validate(); err != nil {
+		return endpoint.Endpoint{}, fmt.Errorf("%q: %w", s, err)
+	}
+	return e, nil
 }
 
 // etcdConfig turns c's etcd settings into the client configuration.

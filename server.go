@@ -59,13 +59,15 @@ const (
 	stateStopped
 )
 
-// NewServer makes a server for cfg, which must name the service (Name),
-// the listen address (ListenOn) and, unless WithEtcdClient is given, the
-// etcd hosts. It neither listens nor connects yet.
+// NewServer makes a server for cfg, which must name the service (Name) and
+// the listen address (ListenOn). It registers in the etcd of Etcd.Hosts (or
+// of WithEtcdClient); without either it serves unregistered, for clients
+// configured with its address (Config.Endpoints). It neither listens nor
+// connects yet.
 func NewServer(cfg Config, opts ...Option) (*Server, error) {
 	o := buildOptions(opts)
 	cfg = cfg.WithDefaults()
-	if err := cfg.validateServer(o.etcd == nil); err != nil {
+	if err := cfg.validateServer(); err != nil {
 		return nil, fmt.Errorf("muster: server config: %w", err)
 	}
 	if o.getenv == nil {
@@ -126,22 +128,24 @@ func (s *Server) Start(ctx context.Context) error {
 func (s *Server) startLocked(ctx context.Context) error {
 	log := s.o.logger
 	s.cli, s.ownCli = s.o.etcd, false
-	if s.cli == nil {
+	if s.cli == nil && len(s.cfg.Etcd.Hosts) > 0 {
 		cli, err := etcdclient.New(s.cfg.etcdConfig())
 		if err != nil {
 			return fmt.Errorf("muster: connect to etcd: %w", err)
 		}
 		s.cli, s.ownCli = cli, true
 	}
-	reg, err := registry.New(s.cli,
-		registry.WithTTL(s.cfg.Etcd.TTL),
-		registry.WithNamespace(s.cfg.Etcd.Namespace),
-		registry.WithLogger(log),
-		registry.WithRegisterer(s.o.registerer))
-	if err != nil {
-		return fmt.Errorf("muster: %w", err)
+	if s.cli != nil {
+		reg, err := registry.New(s.cli,
+			registry.WithTTL(s.cfg.Etcd.TTL),
+			registry.WithNamespace(s.cfg.Etcd.Namespace),
+			registry.WithLogger(log),
+			registry.WithRegisterer(s.o.registerer))
+		if err != nil {
+			return fmt.Errorf("muster: %w", err)
+		}
+		s.reg = reg
 	}
-	s.reg = reg
 
 	lis, err := net.Listen("tcp", s.cfg.ListenOn)
 	if err != nil {
@@ -170,6 +174,10 @@ func (s *Server) startLocked(ctx context.Context) error {
 	go func(lis net.Listener) { s.serveErr <- s.grpc.Serve(lis) }(lis)
 	log.Info("muster: serving", "service", s.cfg.Name, "listen", lis.Addr().String(), "advertise", adv)
 
+	if s.reg == nil {
+		log.Info("muster: no etcd configured (Etcd.Hosts): serving without registering", "service", s.cfg.Name)
+		return nil
+	}
 	if !s.serving {
 		return nil
 	}
@@ -264,6 +272,9 @@ func (s *Server) SetServing(ctx context.Context, serving bool) error {
 	}
 	if changed {
 		s.o.logger.Info("muster: serving status changed", "service", s.cfg.Name, "addr", ep.Addr, "serving", serving)
+	}
+	if reg == nil {
+		return nil
 	}
 	if serving {
 		if err := reg.Register(ctx, ep); err != nil {
@@ -364,7 +375,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	log.Info("muster: shutdown 1/5: health NOT_SERVING")
 
 	t := time.Now()
-	if err := reg.Close(); err != nil {
+	if reg == nil {
+		log.Info("muster: shutdown 2/5: not registered (no etcd configured)")
+	} else if err := reg.Close(); err != nil {
 		log.Warn("muster: shutdown 2/5: revoking the lease failed; the endpoint leaves etcd when the lease expires",
 			"ttl", s.cfg.Etcd.TTL, "error", err)
 	} else {
