@@ -1,0 +1,8 @@
+// Package balancer is the home of Muster's gRPC load-balancing policies, one
+// package each: p2c ("muster_p2c", power of two choices on peak-EWMA
+// latency) and weighted ("muster_weighted", smooth weighted round robin on
+// the registered weights). Both are built on gRPC's endpointsharding with a
+// pick_first child per endpoint (health checking on), read the metadata
+// the Muster resolvers attach to each endpoint, and can prefer the
+// client's zone. Importing a policy's package registers it with gRPC.
+package balancer

@@ -1,0 +1,386 @@
+// Package p2c is the "muster_p2c" load-balancing policy: power of two
+// choices over the READY endpoints, each scored by its peak-EWMA latency
+// times its requests in flight plus one, as Finagle's P2CPeakEwma does.
+//
+// The latency estimate of an endpoint jumps to any sample above it at once
+// (a slow instance is noticed on its first slow answer) and decays towards
+// lower samples gradually, with a configurable time constant. A failure that
+// says the instance is in trouble (Unavailable, ResourceExhausted,
+// DeadlineExceeded, Internal) counts as a sample of at least failurePenalty.
+// While an endpoint is not picked its estimate decays towards zero, so an
+// instance that was avoided is tried again now and then and can win its
+// traffic back once it is healthy. A new endpoint, or one that becomes READY
+// again, starts from the median estimate of its peers rather than from zero,
+// so that a fresh instance is not flooded before it has answered once.
+//
+// Pick takes no lock and allocates nothing; with Done it reads the clock
+// twice.
+//
+// Select it with a service config:
+//
+//	{"loadBalancingConfig":[{"muster_p2c":{"decay":"10s","failurePenalty":"1s","zone":"eu-1a"}}]}
+//
+// Every field is optional; see Config.
+package p2c
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/balancer"
+	"google.golang.org/grpc/balancer/endpointsharding"
+	"google.golang.org/grpc/balancer/pickfirst"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/serviceconfig"
+	"google.golang.org/grpc/status"
+
+	"github.com/mustersd/muster/balancer/internal/lbutil"
+)
+
+// Name is the policy's name in service configs.
+const Name = "muster_p2c"
+
+// Defaults of Config.
+const (
+	DefaultDecay          = 10 * time.Second
+	DefaultFailurePenalty = time.Second
+)
+
+func init() {
+	calls.New = newCall
+	balancer.Register(builder{})
+}
+
+// Config is the policy's configuration.
+type Config struct {
+	serviceconfig.LoadBalancingConfig `json:"-"`
+
+	// Decay is the time constant of the latency estimate: after a latency
+	// drop, the estimate has moved 63% of the way down after Decay.
+	// Default 10s.
+	Decay lbutil.Duration `json:"decay,omitempty"`
+	// FailurePenalty is the latency a failure that says the instance is in
+	// trouble counts as, at least. Default 1s.
+	FailurePenalty lbutil.Duration `json:"failurePenalty,omitempty"`
+
+	// The zone preference: zone (default $MUSTER_ZONE) and minLocalReady.
+	lbutil.Zone
+}
+
+type builder struct{}
+
+func (builder) Name() string { return Name }
+
+// ParseConfig reads the policy's JSON configuration, fills the defaults and
+// validates it.
+func (builder) ParseConfig(js json.RawMessage) (serviceconfig.LoadBalancingConfig, error) {
+	return ParseConfig(js)
+}
+
+// ParseConfig reads the policy's JSON configuration, fills the defaults and
+// validates it; errors name the field.
+func ParseConfig(js json.RawMessage) (*Config, error) {
+	c := &Config{}
+	if len(js) > 0 {
+		if err := json.Unmarshal(js, c); err != nil {
+			return nil, fmt.Errorf("%s: config: %w", Name, err)
+		}
+	}
+	if c.Decay == 0 {
+		c.Decay = lbutil.Duration(DefaultDecay)
+	}
+	if c.FailurePenalty == 0 {
+		c.FailurePenalty = lbutil.Duration(DefaultFailurePenalty)
+	}
+	if c.Decay < lbutil.Duration(time.Millisecond) {
+		return nil, fmt.Errorf("%s: config: decay: %v is under 1ms", Name, time.Duration(c.Decay))
+	}
+	if c.FailurePenalty < 0 {
+		return nil, fmt.Errorf("%s: config: failurePenalty: %v is negative", Name, time.Duration(c.FailurePenalty))
+	}
+	if err := c.Zone.Fill(lbutil.Getenv); err != nil {
+		return nil, fmt.Errorf("%s: config: %w", Name, err)
+	}
+	return c, nil
+}
+
+func (builder) Build(cc balancer.ClientConn, opts balancer.BuildOptions) balancer.Balancer {
+	b := &p2cBalancer{
+		ClientConn: cc,
+		stats:      map[string]*stats{},
+		ready:      map[string]bool{},
+	}
+	b.child = endpointsharding.NewBalancer(b, opts, balancer.Get(pickfirst.Name).Build, endpointsharding.Options{})
+	return b
+}
+
+// p2cBalancer keeps an endpointsharding child with a pick_first per
+// endpoint, and turns its READY endpoints into p2c pickers.
+type p2cBalancer struct {
+	balancer.ClientConn // the parent; UpdateState is overridden
+	child               balancer.Balancer
+
+	mu    sync.Mutex
+	cfg   *Config
+	stats map[string]*stats // by address, while the endpoint exists
+	ready map[string]bool   // READY in the last update
+}
+
+func (b *p2cBalancer) UpdateClientConnState(s balancer.ClientConnState) error {
+	cfg, ok := s.BalancerConfig.(*Config)
+	if !ok {
+		var err error
+		if cfg, err = ParseConfig(nil); err != nil {
+			return err
+		}
+	}
+	b.mu.Lock()
+	b.cfg = cfg
+	b.mu.Unlock()
+	return b.child.UpdateClientConnState(balancer.ClientConnState{
+		ResolverState: pickfirst.EnableHealthListener(s.ResolverState),
+	})
+}
+
+func (b *p2cBalancer) ResolverError(err error) { b.child.ResolverError(err) }
+
+func (b *p2cBalancer) UpdateSubConnState(balancer.SubConn, balancer.SubConnState) {
+	// Children own their SubConns and get their state through listeners.
+}
+
+func (b *p2cBalancer) ExitIdle() { b.child.ExitIdle() }
+
+func (b *p2cBalancer) Close() { b.child.Close() }
+
+// UpdateState receives endpointsharding's state and publishes a p2c picker
+// over the READY endpoints, or passes the state on when none is READY.
+func (b *p2cBalancer) UpdateState(s balancer.State) {
+	children := endpointsharding.ChildStatesFromPicker(s.Picker)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	cfg := b.cfg
+	if cfg == nil {
+		cfg, _ = ParseConfig(nil)
+	}
+
+	now := clock()
+	present := make(map[string]bool, len(children))
+	ready := make(map[string]bool, len(children))
+	for _, c := range children {
+		if len(c.Endpoint.Addresses) == 0 {
+			continue
+		}
+		a := c.Endpoint.Addresses[0].Addr
+		present[a] = true
+		ready[a] = c.State.ConnectivityState == connectivity.Ready
+	}
+	for a := range b.stats {
+		if !present[a] {
+			delete(b.stats, a)
+		}
+	}
+	// Endpoints that are new or became READY again start from the median
+	// of their peers' current estimates.
+	var fresh []string
+	var peers []float64
+	for a, r := range ready {
+		st := b.stats[a]
+		switch {
+		case st == nil:
+			b.stats[a] = &stats{}
+			fresh = append(fresh, a)
+		case r && !b.ready[a]:
+			fresh = append(fresh, a)
+		default:
+			if r {
+				peers = append(peers, st.estimate(now, cfg.invDecay()))
+			}
+		}
+	}
+	if len(fresh) > 0 {
+		start := median(peers)
+		for _, a := range fresh {
+			b.stats[a].reset(start, now)
+		}
+	}
+	b.ready = ready
+
+	members, _ := lbutil.Ready(children, cfg.Zone)
+	if len(members) == 0 {
+		b.ClientConn.UpdateState(s)
+		return
+	}
+	p := &picker{
+		members:  make([]member, len(members)),
+		invDecay: cfg.invDecay(),
+		penalty:  float64(time.Duration(cfg.FailurePenalty).Microseconds()),
+	}
+	for i, m := range members {
+		p.members[i] = member{picker: m.Picker, stats: b.stats[m.Addr]}
+	}
+	b.ClientConn.UpdateState(balancer.State{ConnectivityState: connectivity.Ready, Picker: p})
+}
+
+// invDecay is 1/decay in 1/ms.
+func (c *Config) invDecay() float64 {
+	return 1 / float64(time.Duration(c.Decay).Milliseconds())
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	slices.Sort(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+// epoch is the origin of clock.
+var epoch = time.Now()
+
+// clock returns the monotonic time since epoch, in nanoseconds.
+func clock() int64 { return int64(time.Since(epoch)) }
+
+// stats is the load estimate of one endpoint, shared by its pickers and
+// updated without locks.
+type stats struct {
+	// est packs the peak-EWMA latency in microseconds (float32, high 32
+	// bits) with the time of its last update in milliseconds since epoch
+	// (low 32 bits, wrapping every 49 days; only differences are used).
+	est     atomic.Uint64
+	pending atomic.Int64 // RPCs in flight
+}
+
+func pack(costUs float64, ms uint32) uint64 {
+	return uint64(math.Float32bits(float32(costUs)))<<32 | uint64(ms)
+}
+
+func unpack(w uint64) (costUs float64, ms uint32) {
+	return float64(math.Float32frombits(uint32(w >> 32))), uint32(w)
+}
+
+func (s *stats) reset(costUs float64, now int64) {
+	s.est.Store(pack(costUs, uint32(now/1e6)))
+}
+
+// estimate returns the latency estimate at now, decayed towards zero for
+// the time since its last update.
+func (s *stats) estimate(now int64, invDecay float64) float64 {
+	cost, ms := unpack(s.est.Load())
+	idle := uint32(now/1e6) - ms
+	if idle == 0 || cost == 0 {
+		return cost
+	}
+	return cost * math.Exp(-float64(idle)*invDecay)
+}
+
+// observe folds a latency sample into the estimate: a sample above it
+// replaces it; one below it is averaged in with a weight that grows with the
+// time since the last update.
+func (s *stats) observe(sampleUs float64, now int64, invDecay float64) {
+	nowMs := uint32(now / 1e6)
+	for {
+		old := s.est.Load()
+		cost, ms := unpack(old)
+		next := sampleUs
+		if sampleUs < cost {
+			w := math.Exp(-float64(nowMs-ms) * invDecay)
+			next = cost*w + sampleUs*(1-w)
+		}
+		if s.est.CompareAndSwap(old, pack(next, nowMs)) {
+			return
+		}
+	}
+}
+
+type member struct {
+	picker balancer.Picker
+	stats  *stats
+}
+
+// picker is immutable; the estimates it reads are shared atomics.
+type picker struct {
+	members  []member
+	invDecay float64 // 1/ms
+	penalty  float64 // microseconds
+}
+
+func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
+	now := clock()
+	m := &p.members[0]
+	if n := len(p.members); n > 1 {
+		i := rand.IntN(n)
+		j := rand.IntN(n - 1)
+		if j >= i {
+			j++
+		}
+		a, b := &p.members[i], &p.members[j]
+		ca := a.stats.estimate(now, p.invDecay) * float64(a.stats.pending.Load()+1)
+		cb := b.stats.estimate(now, p.invDecay) * float64(b.stats.pending.Load()+1)
+		m = a
+		if cb < ca {
+			m = b
+		}
+	}
+	res, err := m.picker.Pick(info)
+	if err != nil {
+		return res, err
+	}
+	m.stats.pending.Add(1)
+	c := calls.Get().(*call)
+	c.stats, c.start, c.p, c.childDone = m.stats, now, p, res.Done
+	res.Done = c.done
+	return res, nil
+}
+
+// call carries one RPC from Pick to Done. Calls are pooled, and each keeps
+// its Done function bound once, so that a pick allocates nothing.
+type call struct {
+	stats     *stats
+	start     int64
+	p         *picker
+	childDone func(balancer.DoneInfo)
+	done      func(balancer.DoneInfo)
+}
+
+var calls sync.Pool
+
+func newCall() any {
+	c := &call{}
+	c.done = c.finish
+	return c
+}
+
+func (c *call) finish(info balancer.DoneInfo) {
+	now := clock()
+	s, p, childDone := c.stats, c.p, c.childDone
+	sample := float64(now-c.start) / 1e3
+	c.stats, c.p, c.childDone = nil, nil, nil
+	calls.Put(c)
+
+	s.pending.Add(-1)
+	observe := true
+	if info.Err != nil {
+		switch status.Code(info.Err) {
+		case codes.Unavailable, codes.ResourceExhausted, codes.DeadlineExceeded, codes.Internal:
+			sample = max(sample, p.penalty)
+		case codes.Canceled:
+			observe = false // the caller gave up; says nothing of the instance
+		}
+	}
+	if observe {
+		s.observe(sample, now, p.invDecay)
+	}
+	if childDone != nil {
+		childDone(info)
+	}
+}

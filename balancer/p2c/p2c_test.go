@@ -1,0 +1,134 @@
+package p2c_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/mustersd/muster/balancer/internal/lbtest"
+	"github.com/mustersd/muster/balancer/p2c"
+	"github.com/mustersd/muster/endpoint"
+	"github.com/mustersd/muster/internal/etcdtest"
+	"github.com/mustersd/muster/internal/testx"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, etcdtest.IgnoreLeaks()...)
+}
+
+// sc uses a 1s decay so that the tests see recovery within seconds.
+const sc = `{"loadBalancingConfig":[{"muster_p2c":{"decay":"1s"}}],"healthCheckConfig":{"serviceName":""}}`
+
+func share(got map[string]int, name string) float64 {
+	total := 0
+	for _, c := range got {
+		total += c
+	}
+	return float64(got[name]) / float64(total)
+}
+
+// TestSlowBackendAvoided: a backend that becomes slow gets under 10% of
+// the RPCs within a few seconds, and its share comes back once it is fast
+// again.
+func TestSlowBackendAvoided(t *testing.T) {
+	m := etcdtest.Single(t)
+	cli := m.Client(t)
+	bs := lbtest.StartBackends(t, lbtest.Registrar(t, cli), 3, nil)
+	cc := lbtest.Dial(t, cli, sc)
+	lbtest.WaitAll(t, cc, "b0", "b1", "b2")
+	if s := share(lbtest.Spread(t, cc, 600), "b1"); s < 0.2 {
+		t.Fatalf("healthy b1 got %.2f of the RPCs, want about a third", s)
+	}
+
+	bs[1].SetDelay(20 * time.Millisecond)
+	took := testx.Eventually(t, 5*time.Second, "slow b1 kept 10% or more of the RPCs", func() bool {
+		return share(lbtest.Spread(t, cc, 300), "b1") < 0.10
+	})
+	t.Logf("slow backend under 10%% of the RPCs after %v", took)
+
+	bs[1].SetDelay(0)
+	took = testx.Eventually(t, 20*time.Second, "b1's share never came back after it recovered", func() bool {
+		return share(lbtest.Spread(t, cc, 300), "b1") > 0.2
+	})
+	t.Logf("recovered backend back over 20%% after %v", took)
+}
+
+// TestNewEndpointNotFlooded: an endpoint that joins a busy service starts
+// from its peers' median estimate, not from zero, so it gets about its fair
+// share at first rather than every comparison it takes part in.
+func TestNewEndpointNotFlooded(t *testing.T) {
+	m := etcdtest.Single(t)
+	cli := m.Client(t)
+	reg := lbtest.Registrar(t, cli)
+	lbtest.StartBackends(t, reg, 3, nil)
+	cc := lbtest.Dial(t, cli, sc)
+	lbtest.WaitAll(t, cc, "b0", "b1", "b2")
+	lbtest.Spread(t, cc, 300)
+
+	newcomer := lbtest.StartBackends(t, nil, 4, nil)[3] // named b3
+	if err := reg.Register(testx.Context(t, 5*time.Second), newcomer.Endpoint); err != nil {
+		t.Fatal(err)
+	}
+	testx.Eventually(t, 10*time.Second, "b3 never got an RPC", func() bool {
+		return lbtest.Spread(t, cc, 20)["b3"] > 0
+	})
+	// A zero estimate would win every comparison it is in: half the picks.
+	if s := share(lbtest.Spread(t, cc, 400), "b3"); s > 0.4 {
+		t.Errorf("the new endpoint got %.2f of the RPCs right after joining, want about a quarter", s)
+	}
+}
+
+// TestNotServingGetsNoPicks: with client-side health checking, a backend
+// that reports NOT_SERVING gets no RPC.
+func TestNotServingGetsNoPicks(t *testing.T) {
+	m := etcdtest.Single(t)
+	cli := m.Client(t)
+	bs := lbtest.StartBackends(t, lbtest.Registrar(t, cli), 3, nil)
+	cc := lbtest.Dial(t, cli, sc)
+	lbtest.WaitAll(t, cc, "b0", "b1", "b2")
+	bs[2].Health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	testx.Eventually(t, 10*time.Second, "b2 kept getting RPCs after NOT_SERVING", func() bool {
+		return lbtest.Spread(t, cc, 30)["b2"] == 0
+	})
+	if got := lbtest.Spread(t, cc, 300); got["b2"] != 0 {
+		t.Fatalf("NOT_SERVING b2 got %d of 300 RPCs", got["b2"])
+	}
+	bs[2].Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	lbtest.WaitAll(t, cc, "b2")
+}
+
+// TestZone: with a zone configured, traffic stays in it.
+func TestZone(t *testing.T) {
+	m := etcdtest.Single(t)
+	cli := m.Client(t)
+	zones := []string{"a", "b", "a"}
+	lbtest.StartBackends(t, lbtest.Registrar(t, cli), 3, func(i int, e *endpoint.Endpoint) { e.Zone = zones[i] })
+	cc := lbtest.Dial(t, cli, strings.Replace(sc, `"decay":"1s"`, `"decay":"1s","zone":"a"`, 1))
+	lbtest.WaitAll(t, cc, "b0", "b2")
+	if got := lbtest.Spread(t, cc, 300); got["b1"] != 0 {
+		t.Fatalf("zone b got RPCs from a zone-a client: %v", got)
+	}
+}
+
+func TestParseConfig(t *testing.T) {
+	c, err := p2c.ParseConfig(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if time.Duration(c.Decay) != p2c.DefaultDecay || time.Duration(c.FailurePenalty) != p2c.DefaultFailurePenalty {
+		t.Fatalf("defaults: %+v", c)
+	}
+	for _, tc := range []struct{ js, want string }{
+		{`{"decay":"0.1ms"}`, "decay"},
+		{`{"decay":10}`, "duration"},
+		{`{"failurePenalty":"-1s"}`, "failurePenalty"},
+		{`{"minLocalReady":2}`, "minLocalReady"},
+	} {
+		if _, err := p2c.ParseConfig([]byte(tc.js)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("ParseConfig(%s) = %v, want an error naming %s", tc.js, err, tc.want)
+		}
+	}
+}

@@ -1,0 +1,158 @@
+package p2c
+
+import (
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/balancer"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// fixedPicker stands for an endpoint's pick_first picker.
+type fixedPicker struct{ n int }
+
+func (p *fixedPicker) Pick(balancer.PickInfo) (balancer.PickResult, error) {
+	return balancer.PickResult{}, nil
+}
+
+func newTestPicker(n int) (*picker, []*fixedPicker) {
+	cfg, err := ParseConfig([]byte(`{"decay":"1s","failurePenalty":"500ms"}`))
+	if err != nil {
+		panic(err)
+	}
+	p := &picker{invDecay: cfg.invDecay(), penalty: float64(time.Duration(cfg.FailurePenalty).Microseconds())}
+	var fs []*fixedPicker
+	for i := range n {
+		f := &fixedPicker{n: i}
+		fs = append(fs, f)
+		p.members = append(p.members, member{picker: f, stats: &stats{}})
+	}
+	return p, fs
+}
+
+// TestPickAllocatesNothing: Pick followed by Done allocates nothing.
+func TestPickAllocatesNothing(t *testing.T) {
+	for _, n := range []int{1, 2, 10, 100} {
+		p, _ := newTestPicker(n)
+		allocs := testing.AllocsPerRun(1000, func() {
+			res, err := p.Pick(balancer.PickInfo{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.Done(balancer.DoneInfo{})
+		})
+		if allocs != 0 {
+			t.Errorf("%d endpoints: %v allocations per Pick+Done, want 0", n, allocs)
+		}
+	}
+}
+
+func TestPeakEWMA(t *testing.T) {
+	const invDecay = 1.0 / 1000 // 1s
+	s := &stats{}
+	now := int64(time.Hour) // any time
+	s.reset(1000, now)      // 1ms
+	// A spike is taken at once.
+	s.observe(50_000, now+int64(time.Millisecond), invDecay)
+	if got := s.estimate(now+int64(time.Millisecond), invDecay); got != 50_000 {
+		t.Fatalf("after a 50ms sample the estimate is %vµs, want 50000", got)
+	}
+	// Lower samples pull it down gradually: one decay time later, 63% of
+	// the way.
+	s.observe(1000, now+int64(time.Second)+int64(time.Millisecond), invDecay)
+	got := s.estimate(now+int64(time.Second)+int64(time.Millisecond), invDecay)
+	want := 50_000*0.3679 + 1000*0.6321
+	if got < want*0.99 || got > want*1.01 {
+		t.Fatalf("one decay time after the spike the estimate is %vµs, want about %vµs", got, want)
+	}
+	// Unobserved, it decays towards zero, so the endpoint is tried again.
+	later := s.estimate(now+int64(5*time.Second), invDecay)
+	if later > got*0.05 {
+		t.Fatalf("4s without samples the estimate is %vµs, want under 5%% of %v", later, got)
+	}
+}
+
+// TestFailuresRaiseCost: a failure that says the instance is in trouble
+// counts as at least the penalty; a cancellation counts as nothing.
+func TestFailuresRaiseCost(t *testing.T) {
+	p, _ := newTestPicker(1)
+	s := p.members[0].stats
+	done := func(err error) {
+		res, perr := p.Pick(balancer.PickInfo{})
+		if perr != nil {
+			t.Fatal(perr)
+		}
+		res.Done(balancer.DoneInfo{Err: err})
+	}
+	done(status.Error(codes.Canceled, "gave up"))
+	if c, _ := unpack(s.est.Load()); c != 0 {
+		t.Fatalf("a cancelled RPC moved the estimate to %vµs", c)
+	}
+	done(status.Error(codes.NotFound, "no such order"))
+	if c, _ := unpack(s.est.Load()); c >= 100_000 {
+		t.Fatalf("an application error counted as a failure: estimate %vµs", c)
+	}
+	for _, code := range []codes.Code{codes.Unavailable, codes.ResourceExhausted, codes.DeadlineExceeded, codes.Internal} {
+		s.reset(0, clock())
+		done(status.Error(code, "trouble"))
+		if c, _ := unpack(s.est.Load()); c < 500_000 {
+			t.Errorf("%v: estimate %vµs after the failure, want at least the 500ms penalty", code, c)
+		}
+	}
+	if n := s.pending.Load(); n != 0 {
+		t.Fatalf("%d RPCs still counted in flight after their Done", n)
+	}
+}
+
+// TestPrefersCheaper: with one endpoint ten times slower, p2c sends it
+// (almost) nothing; picks are counted in flight until Done.
+func TestPrefersCheaper(t *testing.T) {
+	p, fs := newTestPicker(4)
+	now := clock()
+	for i, m := range p.members {
+		cost := 1000.0
+		if i == 2 {
+			cost = 10_000
+		}
+		m.stats.reset(cost, now)
+	}
+	counts := map[*fixedPicker]int{}
+	for range 4000 {
+		// Pick returns the child's (empty) result; find which one by
+		// comparing pending counters.
+		before := make([]int64, len(p.members))
+		for i, m := range p.members {
+			before[i] = m.stats.pending.Load()
+		}
+		res, err := p.Pick(balancer.PickInfo{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, m := range p.members {
+			if m.stats.pending.Load() != before[i] {
+				counts[fs[i]]++
+			}
+		}
+		res.Done(balancer.DoneInfo{Err: status.Error(codes.Canceled, "")}) // keep estimates as set
+	}
+	if c := counts[fs[2]]; c != 0 {
+		t.Errorf("the slow endpoint got %d of 4000 picks, want 0 (it loses every comparison)", c)
+	}
+	for _, i := range []int{0, 1, 3} {
+		if c := counts[fs[i]]; c < 1000 {
+			t.Errorf("endpoint %d got %d of 4000 picks, want about 1333", i, c)
+		}
+	}
+}
+
+func TestMedian(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float64
+		want float64
+	}{{nil, 0}, {[]float64{3}, 3}, {[]float64{5, 1, 3}, 3}, {[]float64{4, 1, 3, 2}, 2.5}} {
+		if got := median(tc.in); got != tc.want {
+			t.Errorf("median(%v) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}
