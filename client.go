@@ -2,6 +2,7 @@ package muster
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -14,22 +15,37 @@ import (
 	_ "google.golang.org/grpc/health" // client-side health checking
 	grpcresolver "google.golang.org/grpc/resolver"
 
+	"github.com/mustersd/muster/balancer/p2c"
+	"github.com/mustersd/muster/balancer/weighted"
 	"github.com/mustersd/muster/endpoint"
 	"github.com/mustersd/muster/internal/etcdclient"
 	"github.com/mustersd/muster/resolver"
 )
 
-// DefaultServiceConfig is the gRPC service config of clients made by
-// NewClient: round-robin over the instances, each health-checked through
-// the standard grpc.health.v1 service, so that an instance that reports
-// NOT_SERVING (as a Muster server does first when it shuts down) gets no new
-// RPC even before its key leaves etcd.
-const DefaultServiceConfig = `{"loadBalancingConfig":[{"round_robin":{}}],"healthCheckConfig":{"serviceName":""}}`
+// ServiceConfig returns the gRPC service config of clients made by
+// NewClient: the balancing policy cfg.Balancer (default muster_p2c), in the
+// client's zone (cfg.Metadata.Zone, else $MUSTER_ZONE) for the Muster
+// policies, and every instance health-checked through the standard
+// grpc.health.v1 service, so that an instance that reports NOT_SERVING (as a
+// Muster server does first when it shuts down) gets no new RPC even before
+// its key leaves etcd.
+func ServiceConfig(cfg Config) string {
+	policy := cfg.Balancer
+	if policy == "" {
+		policy = DefaultBalancer
+	}
+	lb := "{}"
+	if (policy == p2c.Name || policy == weighted.Name) && cfg.Metadata.Zone != "" {
+		js, _ := json.Marshal(map[string]string{"zone": cfg.Metadata.Zone})
+		lb = string(js)
+	}
+	return fmt.Sprintf(`{"loadBalancingConfig":[{%q:%s}],"healthCheckConfig":{"serviceName":""}}`, policy, lb)
+}
 
 // NewClient returns a gRPC ClientConn to the service cfg.Name (or
-// cfg.Etcd.Key), balanced round-robin with client-side health checking
-// (DefaultServiceConfig), over plaintext unless WithDialOptions says
-// otherwise. The instances come from exactly one source:
+// cfg.Etcd.Key), balanced by cfg.Balancer (default muster_p2c) with
+// client-side health checking (see ServiceConfig), over plaintext unless
+// WithDialOptions says otherwise. The instances come from exactly one source:
 //
 //   - Etcd.Hosts (or WithEtcdClient): the Muster resolver follows the
 //     service in etcd. Clients made with the same etcd settings share one
@@ -59,7 +75,7 @@ func NewClient(cfg Config, opts ...Option) (*grpc.ClientConn, error) {
 	}
 	dopts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultServiceConfig(DefaultServiceConfig),
+		grpc.WithDefaultServiceConfig(ServiceConfig(cfg)),
 	}
 	var target string
 	switch {

@@ -38,6 +38,8 @@ const (
 	// (garbage collection, a loaded node) by two orders of magnitude, and
 	// adds only a second per instance to a rolling restart.
 	DefaultDrainDelay = time.Second
+	// DefaultBalancer is the load-balancing policy of clients.
+	DefaultBalancer = "muster_p2c"
 	// DefaultShutdownTimeout bounds how long the RPCs in flight may take to
 	// finish (GracefulStop) before the server closes their connections.
 	DefaultShutdownTimeout = 10 * time.Second
@@ -73,7 +75,12 @@ type Config struct {
 	// "dns:///order-rpc.default.svc.cluster.local:8080" for a Kubernetes
 	// headless service.
 	Target string `yaml:"Target,omitempty"`
-	// Metadata is what a server registers beside its address.
+	// Balancer is a client's load-balancing policy: muster_p2c (the
+	// default: power of two choices on latency and load), muster_weighted
+	// (the registered weights), round_robin or pick_first.
+	Balancer string `yaml:"Balancer,omitempty"`
+	// Metadata is what a server registers beside its address; a client's
+	// Metadata.Zone is the zone its balancer prefers.
 	Metadata Metadata `yaml:"Metadata,omitempty"`
 	// Shutdown is how a server leaves.
 	Shutdown ShutdownConfig `yaml:"Shutdown,omitempty"`
@@ -259,6 +266,11 @@ func (c Config) Validate() error {
 		if err := keyfmt.ValidateNamespace(c.Etcd.Namespace); err != nil {
 			bad("Etcd.Namespace", "%v", err)
 		}
+	}
+	switch c.Balancer {
+	case "", "muster_p2c", "muster_weighted", "round_robin", "pick_first":
+	default:
+		bad("Balancer", "%q is not one of muster_p2c, muster_weighted, round_robin, pick_first", c.Balancer)
 	}
 	if c.Etcd.Pass != "" && c.Etcd.User == "" {
 		bad("Etcd.Pass", "set without Etcd.User")

@@ -30,6 +30,7 @@ func TestConfigRoundTrip(t *testing.T) {
 Name: order.rpc
 ListenOn: 0.0.0.0:8080
 Advertise: 10.0.0.7
+Balancer: muster_weighted
 Etcd:
   Hosts:
     - 127.0.0.1:2379
@@ -57,6 +58,7 @@ Shutdown:
 		Name:      "order.rpc",
 		ListenOn:  "0.0.0.0:8080",
 		Advertise: "10.0.0.7",
+		Balancer:  "muster_weighted",
 		Etcd: EtcdConfig{
 			Hosts:              []string{"127.0.0.1:2379", "https://10.0.0.2:2379"},
 			Namespace:          "prod",
@@ -150,6 +152,7 @@ func TestConfigInvalid(t *testing.T) {
 		{"Metadata.Version", func(c *Config) { c.Metadata.Version = "1.0\n" }},
 		{"Metadata.Tags", func(c *Config) { c.Metadata.Tags = map[string]string{"": "x"} }},
 		{"Shutdown.Timeout", func(c *Config) { c.Shutdown.Timeout = -time.Second }},
+		{"Balancer", func(c *Config) { c.Balancer = "p2c" }},
 	} {
 		c := Config{Name: "order.rpc", ListenOn: "127.0.0.1:0", Etcd: EtcdConfig{Hosts: []string{"127.0.0.1:2379"}}}
 		tc.mod(&c)
@@ -215,5 +218,21 @@ func TestAdvertiseAddr(t *testing.T) {
 	}
 	if _, err := advertiseAddr("", "0.0.0.0", 8080, env(map[string]string{"POD_IP": "pod"}), ifaces("10.0.0.1")); err == nil || !strings.Contains(err.Error(), "POD_IP") {
 		t.Errorf("bad POD_IP: err = %v, want one naming POD_IP", err)
+	}
+}
+
+func TestServiceConfig(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{}, `{"loadBalancingConfig":[{"muster_p2c":{}}],"healthCheckConfig":{"serviceName":""}}`},
+		{Config{Metadata: Metadata{Zone: "eu-1a"}}, `{"loadBalancingConfig":[{"muster_p2c":{"zone":"eu-1a"}}],"healthCheckConfig":{"serviceName":""}}`},
+		{Config{Balancer: "muster_weighted", Metadata: Metadata{Zone: "b"}}, `{"loadBalancingConfig":[{"muster_weighted":{"zone":"b"}}],"healthCheckConfig":{"serviceName":""}}`},
+		{Config{Balancer: "round_robin", Metadata: Metadata{Zone: "b"}}, `{"loadBalancingConfig":[{"round_robin":{}}],"healthCheckConfig":{"serviceName":""}}`},
+	} {
+		if got := ServiceConfig(tc.cfg); got != tc.want {
+			t.Errorf("ServiceConfig(%+v) =\n %s\nwant\n %s", tc.cfg, got, tc.want)
+		}
 	}
 }

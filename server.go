@@ -299,6 +299,14 @@ func (s *Server) setHealth(st healthpb.HealthCheckResponse_ServingStatus) {
 // signal during the shutdown ends the process at once. Serve returns nil
 // after a graceful shutdown.
 func (s *Server) Serve(ctx context.Context) error {
+	// Signals are caught from the start: a SIGTERM that arrives while the
+	// server registers must shut it down gracefully, not kill it.
+	var sigs chan os.Signal
+	if !s.o.noSignals {
+		sigs = make(chan os.Signal, 1)
+		signal.Notify(sigs, syscall.SIGTERM, os.Interrupt)
+		defer signal.Stop(sigs)
+	}
 	s.mu.Lock()
 	state := s.state
 	s.mu.Unlock()
@@ -310,12 +318,6 @@ func (s *Server) Serve(ctx context.Context) error {
 		return ErrServerStopped
 	}
 
-	var sigs chan os.Signal
-	if !s.o.noSignals {
-		sigs = make(chan os.Signal, 1)
-		signal.Notify(sigs, syscall.SIGTERM, os.Interrupt)
-		defer signal.Stop(sigs)
-	}
 	var serveErr error
 	select {
 	case sig := <-sigs:

@@ -81,6 +81,7 @@ func TestSIGTERMLeavesBeforeClosing(t *testing.T) {
 					}
 				}
 			case err := <-exited:
+				exited <- err // for the cleanup
 				t.Fatalf("server exited early: %v\n%s", err, stderr.String())
 			case <-time.After(30 * time.Second):
 				t.Fatalf("no %v event in 30s; server log:\n%s", want, stderr.String())
