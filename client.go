@@ -62,13 +62,13 @@ func NewClient(cfg Config, opts ...Option) (*grpc.ClientConn, error) {
 	cfg = cfg.WithDefaults()
 	err := cfg.Validate()
 	if cfg.Name == "" && cfg.Target == "" {
-		err = errors.Join(err, errors.New("Name: required: the service to call, e.g. order.rpc"))
+		err = errors.Join(err, fieldError("Name", "required: the service to call, e.g. order.rpc"))
 	}
 	if o.etcd == nil && len(cfg.Etcd.Hosts) == 0 && len(cfg.Endpoints) == 0 && cfg.Target == "" {
-		err = errors.Join(err, errors.New("Etcd.Hosts: required (or Endpoints, or Target): where to find the service's instances, e.g. [127.0.0.1:2379]"))
+		err = errors.Join(err, fieldError("Etcd.Hosts", "required (or Endpoints, or Target): where to find the service's instances, e.g. [127.0.0.1:2379]"))
 	}
 	if o.etcd != nil && (len(cfg.Endpoints) > 0 || cfg.Target != "") {
-		err = errors.Join(err, errors.New("Endpoints, Target: not used with an etcd client (WithEtcdClient); set only one source of instances"))
+		err = errors.Join(err, fieldError("Endpoints, Target", "not used with an etcd client (WithEtcdClient); set only one source of instances"))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("muster: client config: %w", err)

@@ -209,7 +209,7 @@ func (c Config) WithDefaults() Config {
 func (c Config) Validate() error {
 	var errs []error
 	bad := func(field, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+		errs = append(errs, fieldError(field, fmt.Sprintf(format, args...)))
 	}
 	if c.Name != "" {
 		if err := endpoint.ValidateService(c.Name); err != nil {
@@ -327,14 +327,18 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// fieldError is an error about a configuration field, named in its YAML
+// spelling: "Etcd.TTL: ...".
+func fieldError(field, msg string) error { return fmt.Errorf("%s: %s", field, msg) }
+
 // validateServer checks what a server needs beyond Validate.
 func (c Config) validateServer() error {
 	var errs []error
 	if c.Name == "" {
-		errs = append(errs, errors.New("Name: required: the service name to register, e.g. order.rpc"))
+		errs = append(errs, fieldError("Name", "required: the service name to register, e.g. order.rpc"))
 	}
 	if c.ListenOn == "" {
-		errs = append(errs, errors.New("ListenOn: required: the address to listen on, e.g. 0.0.0.0:8080"))
+		errs = append(errs, fieldError("ListenOn", "required: the address to listen on, e.g. 0.0.0.0:8080"))
 	}
 	return errors.Join(append([]error{c.Validate()}, errs...)...)
 }

@@ -63,6 +63,3 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 // shuts down only when its context ends. For servers embedded in a larger
 // program that handles signals itself.
 func WithoutSignals() Option { return func(o *options) { o.noSignals = true } }
-
-// withGetenv replaces os.Getenv, for tests of the advertised address.
-func withGetenv(f func(string) string) Option { return func(o *options) { o.getenv = f } }
