@@ -2,9 +2,15 @@
 // gRPC reconnect backoff (so that registrations and watches are back within
 // about a second of etcd's return, where gRPC's default backoff takes up to
 // 120s), keepalives that notice a dead member, TLS and authentication.
+//
+// New and Ping turn etcd's and gRPC's failures (which often come out as a
+// bare "context deadline exceeded") into one-line errors that name the
+// endpoints, the cause and the setting to check; see Error, ErrAuth, ErrTLS
+// and ErrUnreachable.
 package etcdclient
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -13,10 +19,13 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Config says how to reach etcd.
@@ -122,8 +131,13 @@ func (c Config) tlsConfig() (*tls.Config, error) {
 	return tc, nil
 }
 
-// New connects to etcd. It does not wait for a member to answer; use Ping to
-// check that etcd is there.
+// New connects to etcd. Without a user it does not wait for a member to
+// answer; use Ping to check that etcd is there. With a user (Username and
+// Password), clientv3 authenticates right away, within DialTimeout, and New
+// fails if that fails; its error is then an *Error as Ping returns (see
+// ErrAuth, ErrTLS, ErrUnreachable), which names the cause instead of
+// clientv3's bare "context deadline exceeded". Finding that cause can take
+// up to DialTimeout more.
 func New(c Config) (*clientv3.Client, error) {
 	cfg, err := c.ClientConfig()
 	if err != nil {
@@ -131,7 +145,42 @@ func New(c Config) (*clientv3.Client, error) {
 	}
 	cli, err := clientv3.New(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
+		return nil, explainNew(c, cfg, err)
 	}
+	register(cli, clientInfo{tls: cfg.TLS, user: c.Username})
 	return cli, nil
+}
+
+// explainNew turns clientv3.New's error into a clear one. clientv3.New only
+// talks to etcd to authenticate, and then waits for a connection until
+// DialTimeout, so a connection or TLS problem comes out as "context
+// deadline exceeded": a client without credentials (which clientv3.New
+// makes without talking to etcd) is pinged to find the real cause.
+func explainNew(c Config, cfg clientv3.Config, err error) error {
+	eps := cfg.Endpoints
+	if e := authError(eps, c.Username, rpctypes.Error(err)); e != nil {
+		return e
+	}
+	if !errors.Is(err, context.DeadlineExceeded) && status.Code(err) != codes.DeadlineExceeded && status.Code(err) != codes.Unavailable {
+		return fmt.Errorf("etcd %s: %w", strings.Join(eps, ","), err)
+	}
+	plain := cfg
+	plain.Username, plain.Password = "", ""
+	cli, perr := clientv3.New(plain)
+	if perr != nil {
+		return fmt.Errorf("etcd %s: %w", strings.Join(eps, ","), err)
+	}
+	defer cli.Close()
+	register(cli, clientInfo{tls: cfg.TLS, user: c.Username})
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
+	defer cancel()
+	var e *Error
+	if perr = Ping(ctx, cli); errors.As(perr, &e) && (e.Kind == ErrTLS || e.Kind == ErrUnreachable) {
+		return perr
+	}
+	// etcd is reachable, but authentication did not finish in time
+	// (it needs a raft round trip, so a quorum of members).
+	return newError(forAll(eps, ErrUnreachable, err,
+		fmt.Sprintf("etcd at %s did not authenticate user %q within %v: %s (is a majority of the etcd members up?)",
+			epsMark, c.Username, cfg.DialTimeout, causeText(err))))
 }

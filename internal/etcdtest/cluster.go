@@ -2,6 +2,7 @@ package etcdtest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -27,6 +28,10 @@ type Group struct {
 	token   string
 	ports   []int
 	members []*Member
+
+	tlsFiles       *TLSFiles // WithTLS; nil otherwise
+	user, password string    // WithAuth: what clients authenticate as
+	rootPassword   string    // WithAuth: the root user's password
 }
 
 // Cluster starts an n-member etcd cluster on 127.0.0.1, each member with
@@ -44,8 +49,16 @@ func startGroup(t testing.TB, n int, o *options) *Group {
 	if n < 1 {
 		t.Fatalf("etcdtest: cluster size must be at least 1, got %d", n)
 	}
+	if o.auth && (o.authUser == "" || o.authPassword == "") {
+		t.Fatalf("etcdtest: WithAuth needs a user and a password, got user %q and a password of %d bytes", o.authUser, len(o.authPassword))
+	}
+	var tf *TLSFiles
+	if o.tls {
+		f := NewTLSFiles(t)
+		tf = &f
+	}
 	for attempt := 1; ; attempt++ {
-		g, detail, err := tryStartGroup(t, n, o)
+		g, detail, err := tryStartGroup(t, n, o, tf)
 		if err == nil {
 			t.Cleanup(g.cleanup)
 			return g
@@ -60,16 +73,17 @@ func startGroup(t testing.TB, n int, o *options) *Group {
 // tryStartGroup makes one attempt on fresh ports and a fresh directory.
 // On failure everything it started is stopped and detail describes the
 // members.
-func tryStartGroup(t testing.TB, n int, o *options) (*Group, string, error) {
+func tryStartGroup(t testing.TB, n int, o *options, tf *TLSFiles) (*Group, string, error) {
 	ports, err := allocPortsFunc(2 * n)
 	if err != nil {
 		return nil, "", err
 	}
 	base := t.TempDir()
 	g := &Group{
-		t:     t,
-		token: fmt.Sprintf("etcdtest-%016x", rand.Uint64()),
-		ports: ports,
+		t:        t,
+		token:    fmt.Sprintf("etcdtest-%016x", rand.Uint64()),
+		ports:    ports,
+		tlsFiles: tf,
 	}
 	for i := range n {
 		name := fmt.Sprintf("m%d", i)
@@ -99,7 +113,72 @@ func tryStartGroup(t testing.TB, n int, o *options) (*Group, string, error) {
 	if err := g.waitAllReady(); err != nil {
 		return fail(err)
 	}
+	if o.auth {
+		if err := g.enableAuth(o.authUser, o.authPassword); err != nil {
+			return fail(fmt.Errorf("enabling auth: %w", err))
+		}
+	}
 	return g, "", nil
+}
+
+// enableAuth creates the root user (and user, with the root role, unless
+// user is root), enables authentication, and from then on makes the
+// group's clients authenticate as user.
+func (g *Group) enableAuth(user, password string) error {
+	rootPassword := password
+	if user != "root" {
+		rootPassword = fmt.Sprintf("%016x%016x", rand.Uint64(), rand.Uint64())
+	}
+	var tc *tls.Config
+	for _, m := range g.members {
+		m.mu.Lock()
+		if m.tlsCfg != nil {
+			tc = m.tlsCfg
+		}
+		m.mu.Unlock()
+	}
+	c, err := clientv3.New(clientConfig(g.Endpoints(), tc))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	steps := []func() error{
+		func() error { _, err := c.RoleAdd(ctx, "root"); return err },
+		func() error { _, err := c.UserAdd(ctx, "root", rootPassword); return err },
+		func() error { _, err := c.UserGrantRole(ctx, "root", "root"); return err },
+	}
+	if user != "root" {
+		steps = append(steps,
+			func() error { _, err := c.UserAdd(ctx, user, password); return err },
+			func() error { _, err := c.UserGrantRole(ctx, user, "root"); return err },
+		)
+	}
+	steps = append(steps, func() error { _, err := c.AuthEnable(ctx); return err })
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	g.user, g.password, g.rootPassword = user, password, rootPassword
+	return nil
+}
+
+// TLS returns the certificate files of a group started WithTLS (or
+// WithClientCertAuth); without TLS it returns the zero TLSFiles.
+func (g *Group) TLS() TLSFiles {
+	if g.tlsFiles == nil {
+		return TLSFiles{}
+	}
+	return *g.tlsFiles
+}
+
+// Auth returns the user and password clients authenticate with, as given
+// to WithAuth, and the root user's password (equal to password when user
+// is "root"). Without WithAuth all three are empty.
+func (g *Group) Auth() (user, password, rootPassword string) {
+	return g.user, g.password, g.rootPassword
 }
 
 func (g *Group) waitAllReady() error {
@@ -164,12 +243,13 @@ func (g *Group) Members() []*Member {
 	return append([]*Member(nil), g.members...)
 }
 
-// Endpoints returns the client addresses ("127.0.0.1:PORT") of all
-// members, stopped ones included.
+// Endpoints returns the client addresses of all members, stopped ones
+// included, in the form Member.Endpoints uses ("127.0.0.1:PORT", or
+// "https://127.0.0.1:PORT" with TLS).
 func (g *Group) Endpoints() []string {
 	var eps []string
 	for _, m := range g.members {
-		eps = append(eps, m.clientAddr())
+		eps = append(eps, m.endpoint())
 	}
 	return eps
 }
@@ -183,10 +263,10 @@ func (g *Group) Client(t testing.TB) *clientv3.Client {
 		tc := m.tlsCfg
 		m.mu.Unlock()
 		if tc != nil {
-			return newClient(t, g.Endpoints(), tc)
+			return newClient(t, g.Endpoints(), tc, g.user, g.password)
 		}
 	}
-	return newClient(t, g.Endpoints(), nil)
+	return newClient(t, g.Endpoints(), nil, g.user, g.password)
 }
 
 // Leader is WaitLeader using the testing.TB given to Cluster, so it must be

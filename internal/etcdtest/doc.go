@@ -33,6 +33,18 @@
 //		old.Restart() // rejoins and catches up
 //	}
 //
+// WithTLS serves the client URLs over TLS with a throwaway CA and
+// certificates (Member.TLS gives their files; NewTLSFiles makes more, for
+// example a CA that did not sign the member's certificate);
+// WithClientCertAuth also requires client certificates; WithAuth turns on
+// etcd authentication. Client and the readiness checks adapt to all of
+// them, and they survive Restart:
+//
+//	m := etcdtest.Single(t, etcdtest.WithTLS(), etcdtest.WithAuth("alice", "pw"))
+//	m.Endpoints()   // ["https://127.0.0.1:PORT"]
+//	m.TLS().CA      // the CA file to trust
+//	m.Client(t)     // TLS, authenticated as alice
+//
 // All goroutines of a member end when it stops, and those of its clients
 // when the test's cleanups close them. With go.uber.org/goleak, use
 // goleak.VerifyTestMain(m, etcdtest.IgnoreLeaks()...), or for a single test

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
@@ -52,13 +53,22 @@ const (
 
 	clientDialTimeout = 2 * time.Second
 	pollInterval      = 10 * time.Millisecond
+
+	// minBcryptCost is bcrypt.MinCost, the cheapest password hashing etcd
+	// accepts; WithAuth uses it so that authentication takes microseconds.
+	minBcryptCost = 4
 )
 
 // Option customises members started by Single or Cluster.
 type Option func(*options)
 
 type options struct {
-	configFns []func(*embed.Config)
+	configFns      []func(*embed.Config)
+	tls            bool
+	clientCertAuth bool
+	authUser       string
+	authPassword   string
+	auth           bool
 }
 
 // WithConfig registers fn to adjust each member's embed.Config right before
@@ -72,6 +82,36 @@ type options struct {
 // embed.NewZapLoggerBuilder(zap.NewExample()).
 func WithConfig(fn func(*embed.Config)) Option {
 	return func(o *options) { o.configFns = append(o.configFns, fn) }
+}
+
+// WithTLS serves the members' client URLs over TLS ("https"), with
+// certificates from NewTLSFiles generated for the group (see Member.TLS and
+// Group.TLS). Endpoints then returns "https://127.0.0.1:PORT" addresses,
+// and Client returns clients that trust the generated CA (and present the
+// generated client certificate). Peer traffic stays plain. Client
+// certificates are not required unless WithClientCertAuth is given too.
+func WithTLS() Option {
+	return func(o *options) { o.tls = true }
+}
+
+// WithClientCertAuth is WithTLS, and the members also require a client
+// certificate signed by the generated CA (etcd's --client-cert-auth).
+// Clients from Client present TLSFiles.ClientCert.
+func WithClientCertAuth() Option {
+	return func(o *options) { o.tls, o.clientCertAuth = true, true }
+}
+
+// WithAuth turns on etcd authentication once the members have started for
+// the first time. If user is "root", the root user gets password;
+// otherwise root gets a random password and user is created with password
+// and granted the root role (full access). Clients from Client then
+// authenticate as user; note that they do so when they are created, so the
+// member (or, for a group, a quorum) must be running at that time. Auth
+// state lives in the data directory, so it survives Restart. An empty user
+// or password fails the start. etcd's bcrypt cost is lowered to its
+// minimum to keep authentication fast.
+func WithAuth(user, password string) Option {
+	return func(o *options) { o.auth, o.authUser, o.authPassword = true, user, password }
 }
 
 func buildOptions(opts []Option) *options {
@@ -102,7 +142,7 @@ type Member struct {
 	cut    *rpcCutter  // ends etcd's client RPCs on Stop
 	last   *embed.Etcd // most recently stopped instance
 	id     types.ID    // raft member ID, stable across restarts
-	tlsCfg *tls.Config
+	tlsCfg *tls.Config // client TLS config; nil for plain http
 }
 
 // Single starts one embedded etcd member listening on 127.0.0.1 with its
@@ -120,11 +160,33 @@ func (m *Member) Name() string { return m.name }
 // DataDir returns the member's data directory.
 func (m *Member) DataDir() string { return m.dir }
 
-// Endpoints returns the member's client address as "127.0.0.1:PORT", ready
-// for clientv3.Config.Endpoints. It does not change across restarts.
+// Endpoints returns the member's client address, ready for
+// clientv3.Config.Endpoints: "127.0.0.1:PORT", or "https://127.0.0.1:PORT"
+// when the member serves TLS (WithTLS, or TLS switched on through
+// WithConfig). It does not change across restarts.
 func (m *Member) Endpoints() []string {
-	return []string{m.clientAddr()}
+	return []string{m.endpoint()}
 }
+
+// endpoint is the member's client URL as Endpoints reports it.
+func (m *Member) endpoint() string {
+	m.mu.Lock()
+	secure := m.tlsCfg != nil
+	m.mu.Unlock()
+	if secure {
+		return "https://" + m.clientAddr()
+	}
+	return m.clientAddr()
+}
+
+// TLS returns the certificate files of a member started WithTLS (or
+// WithClientCertAuth), shared by all members of its group; without TLS it
+// returns the zero TLSFiles.
+func (m *Member) TLS() TLSFiles { return m.group.TLS() }
+
+// Auth is Group.Auth of the member's group: the user and password given to
+// WithAuth and the root user's password, or empty strings without WithAuth.
+func (m *Member) Auth() (user, password, rootPassword string) { return m.group.Auth() }
 
 func (m *Member) clientAddr() string { return net.JoinHostPort(host, strconv.Itoa(m.clientPort)) }
 func (m *Member) peerAddr() string   { return net.JoinHostPort(host, strconv.Itoa(m.peerPort)) }
@@ -148,18 +210,21 @@ func (m *Member) Server() *embed.Etcd {
 // Client returns a new client connected to this member only. It uses a short
 // dial timeout, a no-op logger and fast reconnects, and is closed by
 // t.Cleanup. It keeps working across Stop/Restart of the member (requests
-// fail while it is stopped).
+// fail while it is stopped). It uses TLS and authenticates as needed for
+// members started WithTLS or WithAuth.
 func (m *Member) Client(t testing.TB) *clientv3.Client {
 	t.Helper()
 	m.mu.Lock()
 	tc := m.tlsCfg
 	m.mu.Unlock()
-	return newClient(t, m.Endpoints(), tc)
+	return newClient(t, m.Endpoints(), tc, m.group.user, m.group.password)
 }
 
-func newClient(t testing.TB, endpoints []string, tc *tls.Config) *clientv3.Client {
+func newClient(t testing.TB, endpoints []string, tc *tls.Config, user, password string) *clientv3.Client {
 	t.Helper()
-	c, err := clientv3.New(clientConfig(endpoints, tc))
+	cfg := clientConfig(endpoints, tc)
+	cfg.Username, cfg.Password = user, password
+	c, err := clientv3.New(cfg)
 	if err != nil {
 		t.Fatalf("etcdtest: creating client for %v: %v", endpoints, err)
 	}
@@ -336,6 +401,25 @@ func (m *Member) config() *embed.Config {
 	cfg.LogLevel = "warn"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(m.logs.logger())
 
+	if f := m.group.tlsFiles; f != nil {
+		for _, us := range [][]url.URL{cfg.ListenClientUrls, cfg.AdvertiseClientUrls} {
+			for i := range us {
+				us[i].Scheme = "https"
+			}
+		}
+		// etcd requires and verifies client certificates as soon as
+		// TrustedCAFile is set (transport.TLSInfo.ServerConfig), so the CA
+		// is only given with WithClientCertAuth.
+		cfg.ClientTLSInfo = transport.TLSInfo{CertFile: f.Cert, KeyFile: f.Key}
+		if m.opts.clientCertAuth {
+			cfg.ClientTLSInfo.TrustedCAFile = f.CA
+			cfg.ClientTLSInfo.ClientCertAuth = true
+		}
+	}
+	if m.opts.auth {
+		cfg.BcryptCost = minBcryptCost
+	}
+
 	for _, fn := range m.opts.configFns {
 		fn(cfg)
 	}
@@ -363,7 +447,7 @@ func (m *Member) start() error {
 		cut.cut()
 		return err
 	}
-	tc, err := clientTLS(e.Config())
+	tc, err := m.group.clientTLS(e.Config())
 	if err != nil {
 		cut.cut()
 		e.Close()
@@ -386,14 +470,22 @@ func (m *Member) memberID() types.ID {
 }
 
 // clientTLS returns the client TLS config matching the server's client
-// URLs: nil for plain http, otherwise built from ClientTLSInfo (which
-// ClientAutoTLS fills with a self-signed certificate; without a trusted CA the
-// server certificate is not verified).
-func clientTLS(cfg embed.Config) (*tls.Config, error) {
+// URLs: nil for plain http; with the group's TLSFiles (WithTLS), trusting
+// its CA and presenting its client certificate; otherwise built from
+// ClientTLSInfo (which ClientAutoTLS fills with a self-signed certificate;
+// without a trusted CA the server certificate is not verified).
+func (g *Group) clientTLS(cfg embed.Config) (*tls.Config, error) {
 	if len(cfg.AdvertiseClientUrls) == 0 || cfg.AdvertiseClientUrls[0].Scheme != "https" {
 		return nil, nil
 	}
 	info := cfg.ClientTLSInfo
+	if f := g.tlsFiles; f != nil && info.CertFile == f.Cert {
+		tc, err := f.clientConfig()
+		if err != nil {
+			return nil, fmt.Errorf("building client TLS config: %w", err)
+		}
+		return tc, nil
+	}
 	tc, err := info.ClientConfig()
 	if err != nil {
 		return nil, fmt.Errorf("building client TLS config: %w", err)
@@ -426,21 +518,37 @@ func (m *Member) waitReady(ctx context.Context) error {
 		return fmt.Errorf("server not ready after %v", readyTimeout)
 	}
 
-	c, err := clientv3.New(clientConfig(m.Endpoints(), tc))
-	if err != nil {
-		return fmt.Errorf("creating readiness client: %w", err)
-	}
-	defer c.Close()
+	// With WithAuth the client authenticates when it is created, which can
+	// fail while the member is still settling, so creating it is retried
+	// too.
+	cfg := clientConfig(m.Endpoints(), tc)
+	cfg.Username, cfg.Password = m.group.user, m.group.password
+	cfg.Context = ctx
+	var c *clientv3.Client
+	defer func() {
+		if c != nil {
+			_ = c.Close()
+		}
+	}()
+	var err error
 	for {
-		gctx, cancel := context.WithTimeout(ctx, time.Second)
-		_, err = c.Get(gctx, "etcdtest/ready")
-		cancel()
-		if err == nil {
-			return nil
+		if c == nil {
+			if c, err = clientv3.New(cfg); err != nil {
+				c = nil
+				err = fmt.Errorf("creating client: %w", err)
+			}
+		}
+		if c != nil {
+			gctx, cancel := context.WithTimeout(ctx, time.Second)
+			_, err = c.Get(gctx, "etcdtest/ready")
+			cancel()
+			if err == nil {
+				return nil
+			}
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("server ready but Get via %s still failing after %v: %w", m.clientAddr(), readyTimeout, err)
+			return fmt.Errorf("server ready but Get via %s still failing after %v: %w", m.endpoint(), readyTimeout, err)
 		case <-time.After(pollInterval):
 		}
 	}
