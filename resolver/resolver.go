@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -71,14 +70,10 @@ func (b *builder) Build(target grpcresolver.Target, cc grpcresolver.ClientConn, 
 	if err != nil {
 		return nil, err
 	}
-	sub, err := discovery.Subscribe(b.cli, service,
-		discovery.WithNamespace(ns), discovery.WithFormat(format),
-		discovery.WithLogger(b.opts.logger), discovery.WithRegisterer(b.opts.registerer))
-	if err != nil {
+	r := &etcdResolver{cc: cc, service: service}
+	if err := join(fanKey{cli: b.cli, service: service, namespace: ns, format: format}, b.opts, r); err != nil {
 		return nil, fmt.Errorf("muster resolver: %w", err)
 	}
-	r := &etcdResolver{cc: cc, sub: sub, service: service, log: b.opts.logger.With("service", service), done: make(chan struct{})}
-	go r.run()
 	return r, nil
 }
 
@@ -113,61 +108,6 @@ func ParseTarget(target grpcresolver.Target, ns, format string) (service, namesp
 		return "", "", "", fmt.Errorf("muster resolver: target %q: %w", target.URL.String(), err)
 	}
 	return service, namespace, fmtName, nil
-}
-
-type etcdResolver struct {
-	cc      grpcresolver.ClientConn
-	sub     *discovery.Subscription
-	service string
-	log     *slog.Logger
-	done    chan struct{}
-	once    sync.Once
-}
-
-// ResolveNow is a no-op: the resolver is pushed every change by its watch.
-func (r *etcdResolver) ResolveNow(grpcresolver.ResolveNowOptions) {}
-
-// Close stops the resolver and releases its share of the watcher.
-func (r *etcdResolver) Close() {
-	r.once.Do(func() {
-		r.sub.Close()
-		<-r.done
-	})
-}
-
-func (r *etcdResolver) run() {
-	defer close(r.done)
-	var (
-		pushed    int64 // revision of the last snapshot gRPC accepted
-		hadErr    bool
-		retryNext bool
-	)
-	for st := range r.sub.Updates() {
-		snap := st.Snapshot
-		if snap.Revision != 0 && (snap.Revision != pushed || retryNext) {
-			if len(snap.Endpoints) == 0 && snap.Skipped > 0 {
-				// Malformed values never empty the set.
-				r.cc.ReportError(fmt.Errorf("muster resolver: %s: all %d values are malformed; keeping the last endpoints", r.service, snap.Skipped))
-				continue
-			}
-			err := r.cc.UpdateState(State(snap))
-			pushed = snap.Revision
-			retryNext = err != nil
-			if err != nil {
-				r.log.Debug("muster resolver: gRPC rejected the state; will push again on the next change", "err", err)
-			}
-		}
-		switch {
-		case st.Err != nil:
-			r.cc.ReportError(fmt.Errorf("muster resolver: %s: %w", r.service, st.Err))
-			hadErr = true
-		case hadErr && snap.Revision != 0:
-			// Back in touch: push the current state again so the channel
-			// leaves any error the report left behind.
-			r.cc.UpdateState(State(snap))
-			hadErr = false
-		}
-	}
 }
 
 // State converts a snapshot into the gRPC resolver state: one Endpoint per
