@@ -106,8 +106,9 @@ func (s *Server) Health() *health.Server { return s.health }
 // It returns once etcd holds the endpoint; if etcd does not answer within
 // Etcd.DialTimeout, Start logs it and returns anyway: the server serves, and
 // the registration is made as soon as etcd answers. It fails when the
-// address cannot be listened on, when etcd rejects the credentials, or when
-// ctx ends first.
+// address cannot be listened on, when etcd rejects the credentials or the
+// TLS settings (the error names the Config field to check), or when ctx
+// ends first.
 func (s *Server) Start(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -192,7 +193,19 @@ func (s *Server) startLocked(ctx context.Context) error {
 	case ctx.Err() != nil:
 		return fmt.Errorf("muster: register %s: %w", s.key(), ctx.Err())
 	default:
+		// A wrong password or TLS setting will not heal by waiting: fail
+		// now, with an error that names the setting. An etcd that is down
+		// will come back: serve, and register when it does.
+		pctx, pcancel := context.WithTimeout(ctx, time.Second)
+		perr := etcdclient.Ping(pctx, s.cli)
+		pcancel()
+		if errors.Is(perr, etcdclient.ErrAuth) || errors.Is(perr, etcdclient.ErrTLS) {
+			return fmt.Errorf("muster: register %s: %w", s.key(), perr)
+		}
 		cause := s.reg.Status().LastError
+		if perr != nil {
+			cause = perr
+		}
 		if cause == nil {
 			cause = err
 		}
