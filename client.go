@@ -168,7 +168,7 @@ type pooledBuilder struct {
 func (b *pooledBuilder) Scheme() string { return resolver.Scheme }
 
 func (b *pooledBuilder) Build(t grpcresolver.Target, cc grpcresolver.ClientConn, bo grpcresolver.BuildOptions) (grpcresolver.Resolver, error) {
-	if _, _, _, err := resolver.ParseTarget(t, "", ""); err != nil {
+	if _, err := resolver.ParseTarget(t); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -15,6 +15,7 @@ type Option func(*options)
 
 type options struct {
 	namespace  string
+	nsSet      bool
 	format     string
 	logger     *slog.Logger
 	registerer prometheus.Registerer
@@ -28,8 +29,10 @@ func defaultOptions() options {
 	}
 }
 
-// WithNamespace sets the key prefix services live under. Default "services".
-func WithNamespace(ns string) Option { return func(o *options) { o.namespace = ns } }
+// WithNamespace sets the key prefix services live under. Default: the
+// format's (keyfmt.DefaultNamespaceOf): "services" for native, "" for go-zero
+// and go-kit, "kitex/registry-etcd" for Kitex.
+func WithNamespace(ns string) Option { return func(o *options) { o.namespace, o.nsSet = ns, true } }
 
 // WithFormat sets the format of the keys and values to read, by name.
 // Default "native" (Muster's, which is also etcd naming's).

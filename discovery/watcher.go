@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -97,11 +98,14 @@ func Subscribe(cli *clientv3.Client, service string, opts ...Option) (*Subscript
 	if err := endpoint.ValidateService(service); err != nil {
 		return nil, fmt.Errorf("discovery: %w", err)
 	}
-	if err := keyfmt.ValidateNamespace(o.namespace); err != nil {
-		return nil, fmt.Errorf("discovery: %w", err)
-	}
 	f, err := keyfmt.Lookup(o.format)
 	if err != nil {
+		return nil, fmt.Errorf("discovery: %w", err)
+	}
+	if !o.nsSet {
+		o.namespace = keyfmt.DefaultNamespaceOf(f)
+	}
+	if err := keyfmt.ValidateNamespace(o.namespace); err != nil {
 		return nil, fmt.Errorf("discovery: %w", err)
 	}
 	prefix := f.Prefix(o.namespace, service)
@@ -218,7 +222,7 @@ func (w *Watcher) publish(rev int64) {
 	for _, e := range w.entries {
 		eps = append(eps, e)
 	}
-	endpoint.Sort(eps)
+	eps = dedupe(eps)
 	st := w.current()
 	if st.Snapshot.Revision != 0 && sameEndpoints(st.Snapshot.Endpoints, eps) && st.Snapshot.Skipped == len(w.bad) {
 		if st.Err != nil {
@@ -360,4 +364,14 @@ func (w *Watcher) watch(rev int64) error {
 			return w.ctx.Err()
 		}
 	}
+}
+
+// dedupe sorts eps and keeps one endpoint per service and ID: go-zero's
+// format may hold one address under several keys (an instance that
+// re-registered before its old lease expired); those copies are identical.
+func dedupe(eps []endpoint.Endpoint) []endpoint.Endpoint {
+	endpoint.Sort(eps)
+	return slices.CompactFunc(eps, func(a, b endpoint.Endpoint) bool {
+		return a.Service == b.Service && a.ID == b.ID
+	})
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -11,6 +12,7 @@ import (
 	grpcresolver "google.golang.org/grpc/resolver"
 
 	"github.com/mustersd/muster/discovery"
+	"github.com/mustersd/muster/endpoint"
 )
 
 // A fan delivers the snapshots of one service to every resolver of that
@@ -20,19 +22,27 @@ import (
 // divides the garbage a change makes by four and wakes one goroutine
 // instead of 1,000 (see the resolver benchmark in bench/).
 type fan struct {
-	key  fanKey
-	sub  *discovery.Subscription
-	log  *slog.Logger
-	kick chan struct{} // a resolver joined and wants the current state
-	done chan struct{}
+	key     fanKey
+	subs    []*discovery.Subscription // one per format
+	log     *slog.Logger
+	kick    chan struct{} // a resolver joined and wants the current state
+	changed chan struct{} // a subscription has a new state
+	done    chan struct{}
+	fwd     sync.WaitGroup // the forwarders of subs
+
+	stMu   sync.Mutex
+	states []discovery.State // the latest of each subscription
 
 	mu      sync.Mutex
 	members map[*etcdResolver]struct{}
 }
 
 type fanKey struct {
-	cli                        *clientv3.Client
-	service, namespace, format string
+	cli       *clientv3.Client
+	service   string
+	namespace string
+	nsSet     bool
+	formats   string // canonical names, comma-separated
 }
 
 var fans = struct {
@@ -46,19 +56,36 @@ func join(key fanKey, o options, r *etcdResolver) error {
 	defer fans.mu.Unlock()
 	f := fans.m[key]
 	if f == nil {
-		sub, err := discovery.Subscribe(key.cli, key.service,
-			discovery.WithNamespace(key.namespace), discovery.WithFormat(key.format),
-			discovery.WithLogger(o.logger), discovery.WithRegisterer(o.registerer))
-		if err != nil {
-			return err
+		var subs []*discovery.Subscription
+		for _, format := range strings.Split(key.formats, ",") {
+			opts := []discovery.Option{discovery.WithFormat(format),
+				discovery.WithLogger(o.logger), discovery.WithRegisterer(o.registerer)}
+			if key.nsSet {
+				opts = append(opts, discovery.WithNamespace(key.namespace))
+			}
+			sub, err := discovery.Subscribe(key.cli, key.service, opts...)
+			if err != nil {
+				for _, s := range subs {
+					s.Close()
+				}
+				return err
+			}
+			subs = append(subs, sub)
 		}
 		f = &fan{
 			key:     key,
-			sub:     sub,
+			subs:    subs,
 			log:     o.logger.With("service", key.service),
 			kick:    make(chan struct{}, 1),
+			changed: make(chan struct{}, 1),
 			done:    make(chan struct{}),
+			states:  make([]discovery.State, len(subs)),
 			members: map[*etcdResolver]struct{}{},
+		}
+		for i, sub := range subs {
+			f.states[i] = sub.Current()
+			f.fwd.Add(1)
+			go f.forward(i, sub)
 		}
 		fans.m[key] = f
 		go f.run()
@@ -86,9 +113,63 @@ func (f *fan) leave(r *etcdResolver) {
 	f.mu.Unlock()
 	fans.mu.Unlock()
 	if last {
-		f.sub.Close()
+		for _, sub := range f.subs {
+			sub.Close()
+		}
+		f.fwd.Wait()
+		close(f.changed)
 		<-f.done
 	}
+}
+
+// forward records the states of subscription i and wakes the fan.
+func (f *fan) forward(i int, sub *discovery.Subscription) {
+	defer f.fwd.Done()
+	for st := range sub.Updates() {
+		f.stMu.Lock()
+		f.states[i] = st
+		f.stMu.Unlock()
+		select {
+		case f.changed <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// merged returns the state of the service across its formats: the union of
+// their instances, one per address (the first format's wins), the first
+// error, and a revision that grows whenever any of theirs does (their sum;
+// 0 until every format has been listed). With one format it is that
+// format's state as it stands.
+func (f *fan) merged() discovery.State {
+	f.stMu.Lock()
+	defer f.stMu.Unlock()
+	if len(f.states) == 1 {
+		return f.states[0]
+	}
+	var out discovery.State
+	seen := map[string]bool{}
+	var rev int64
+	for _, st := range f.states {
+		if st.Err != nil && out.Err == nil {
+			out.Err = st.Err
+		}
+		if st.Snapshot.Revision == 0 {
+			rev = -1
+		} else if rev >= 0 {
+			rev += st.Snapshot.Revision
+		}
+		out.Snapshot.Skipped += st.Snapshot.Skipped
+		for _, e := range st.Snapshot.Endpoints {
+			if !seen[e.Addr] {
+				seen[e.Addr] = true
+				out.Snapshot.Endpoints = append(out.Snapshot.Endpoints, e)
+			}
+		}
+	}
+	out.Snapshot.Revision = max(rev, 0)
+	endpoint.Sort(out.Snapshot.Endpoints)
+	return out
 }
 
 // delivery is one state as the fan hands it out.
@@ -107,14 +188,14 @@ func (d *delivery) grpcState() grpcresolver.State {
 
 func (f *fan) run() {
 	defer close(f.done)
-	cur := &delivery{seq: 1, st: f.sub.Current()}
+	cur := &delivery{seq: 1, st: f.merged()}
 	for {
 		select {
-		case st, ok := <-f.sub.Updates():
+		case _, ok := <-f.changed:
 			if !ok {
 				return
 			}
-			cur = &delivery{seq: cur.seq + 1, st: st}
+			cur = &delivery{seq: cur.seq + 1, st: f.merged()}
 		case <-f.kick:
 		}
 		f.deliver(cur)

@@ -2,6 +2,7 @@ package resolver
 
 import (
 	"fmt"
+	"slices"
 	"log/slog"
 	"strings"
 
@@ -23,15 +24,19 @@ type Option func(*options)
 
 type options struct {
 	namespace  string
+	nsSet      bool
 	format     string
 	logger     *slog.Logger
 	registerer prometheus.Registerer
 }
 
-// WithNamespace sets the default namespace of targets. Default "services".
-func WithNamespace(ns string) Option { return func(o *options) { o.namespace = ns } }
+// WithNamespace sets the default namespace of targets. Default: each
+// format's own (keyfmt.DefaultNamespaceOf): "services" for native.
+func WithNamespace(ns string) Option { return func(o *options) { o.namespace, o.nsSet = ns, true } }
 
-// WithFormat sets the default key format of targets. Default "native".
+// WithFormat sets the default key format of targets, or a comma-separated
+// list of formats whose instances are merged: "native,go-zero". Default
+// "native".
 func WithFormat(name string) Option { return func(o *options) { o.format = name } }
 
 // WithLogger sets the logger of the resolvers and their watchers.
@@ -44,7 +49,7 @@ func WithRegisterer(r prometheus.Registerer) Option { return func(o *options) { 
 // through cli. Use it with grpc.WithResolvers, or register it globally with
 // Register.
 func NewBuilder(cli *clientv3.Client, opts ...Option) grpcresolver.Builder {
-	o := options{namespace: keyfmt.DefaultNamespace, format: "native", logger: slog.New(slog.DiscardHandler)}
+	o := options{format: "native", logger: slog.New(slog.DiscardHandler)}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -66,48 +71,100 @@ func (b *builder) Scheme() string { return Scheme }
 
 // Build subscribes to the target's service. It does not wait for etcd.
 func (b *builder) Build(target grpcresolver.Target, cc grpcresolver.ClientConn, _ grpcresolver.BuildOptions) (grpcresolver.Resolver, error) {
-	service, ns, format, err := ParseTarget(target, b.opts.namespace, b.opts.format)
+	t, err := ParseTarget(target)
 	if err != nil {
 		return nil, err
 	}
-	r := &etcdResolver{cc: cc, service: service}
-	if err := join(fanKey{cli: b.cli, service: service, namespace: ns, format: format}, b.opts, r); err != nil {
+	if !t.NamespaceSet && b.opts.nsSet {
+		t.Namespace, t.NamespaceSet = b.opts.namespace, true
+	}
+	if len(t.Formats) == 0 {
+		if t.Formats, err = parseFormats(b.opts.format); err != nil {
+			return nil, fmt.Errorf("muster resolver: %w", err)
+		}
+	}
+	r := &etcdResolver{cc: cc, service: t.Service}
+	key := fanKey{cli: b.cli, service: t.Service, namespace: t.Namespace, nsSet: t.NamespaceSet, formats: strings.Join(t.Formats, ",")}
+	if err := join(key, b.opts, r); err != nil {
 		return nil, fmt.Errorf("muster resolver: %w", err)
 	}
 	return r, nil
 }
 
-// ParseTarget reads service, namespace and format from a target such as
-// "muster:///order.rpc?namespace=prod&format=native"; ns and format are the
-// defaults.
-func ParseTarget(target grpcresolver.Target, ns, format string) (service, namespace, fmtName string, err error) {
-	service = strings.TrimPrefix(target.URL.Path, "/")
+// Target is a parsed Muster target:
+//
+//	muster:///<service>[?namespace=<ns>][&format=<format>[,<format>...]]
+//
+// e.g. "muster:///order.rpc", "muster:///order.rpc?namespace=prod", or
+// "muster:///order.rpc?format=native,go-zero" for a service whose instances
+// are registered partly by Muster and partly by go-zero (during a
+// migration): the instances of every format are merged, one per address.
+type Target struct {
+	// Service is the service name.
+	Service string
+	// Namespace is the target's namespace, when NamespaceSet.
+	Namespace string
+	// NamespaceSet says whether the target names a namespace; without one,
+	// the builder's (WithNamespace) or else each format's default applies.
+	NamespaceSet bool
+	// Formats are the canonical names of the formats to read; empty means
+	// the builder's (WithFormat).
+	Formats []string
+}
+
+// ParseTarget reads a Muster target; see Target for its syntax.
+func ParseTarget(target grpcresolver.Target) (Target, error) {
+	u := target.URL
+	service := strings.TrimPrefix(u.Path, "/")
 	if service == "" {
-		service = target.URL.Opaque
+		service = u.Opaque
 	}
-	if target.URL.Host != "" {
-		return "", "", "", fmt.Errorf("muster resolver: target %q: use muster:///<service> (three slashes); an authority is not supported", target.URL.String())
+	if u.Host != "" {
+		return Target{}, fmt.Errorf("muster resolver: target %q: use muster:///<service> (three slashes); an authority is not supported", u.String())
 	}
 	if err := endpoint.ValidateService(service); err != nil {
-		return "", "", "", fmt.Errorf("muster resolver: target %q: %w", target.URL.String(), err)
+		return Target{}, fmt.Errorf("muster resolver: target %q: %w", u.String(), err)
 	}
-	q := target.URL.Query()
+	t := Target{Service: service}
+	q := u.Query()
 	for k := range q {
 		if k != "namespace" && k != "format" {
-			return "", "", "", fmt.Errorf("muster resolver: target %q: unknown parameter %q (known: namespace, format)", target.URL.String(), k)
+			return Target{}, fmt.Errorf("muster resolver: target %q: unknown parameter %q (known: namespace, format)", u.String(), k)
 		}
 	}
-	namespace, fmtName = ns, format
 	if q.Has("namespace") {
-		namespace = q.Get("namespace")
+		t.Namespace, t.NamespaceSet = q.Get("namespace"), true
+		if err := keyfmt.ValidateNamespace(t.Namespace); err != nil {
+			return Target{}, fmt.Errorf("muster resolver: target %q: %w", u.String(), err)
+		}
 	}
 	if q.Has("format") {
-		fmtName = q.Get("format")
+		fs, err := parseFormats(q.Get("format"))
+		if err != nil {
+			return Target{}, fmt.Errorf("muster resolver: target %q: %w", u.String(), err)
+		}
+		t.Formats = fs
 	}
-	if _, err := keyfmt.Lookup(fmtName); err != nil {
-		return "", "", "", fmt.Errorf("muster resolver: target %q: %w", target.URL.String(), err)
+	return t, nil
+}
+
+// parseFormats reads a comma-separated list of format names into canonical
+// names, without duplicates.
+func parseFormats(list string) ([]string, error) {
+	var out []string
+	for _, name := range strings.Split(list, ",") {
+		if strings.TrimSpace(name) == "" {
+			return nil, fmt.Errorf("format list %q has an empty name", list)
+		}
+		f, err := keyfmt.Lookup(strings.TrimSpace(name))
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Contains(out, f.Name()) {
+			out = append(out, f.Name())
+		}
 	}
-	return service, namespace, fmtName, nil
+	return out, nil
 }
 
 // State converts a snapshot into the gRPC resolver state: one Endpoint per

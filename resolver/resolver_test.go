@@ -344,30 +344,36 @@ func TestBuildWithEtcdDown(t *testing.T) {
 
 func TestParseTarget(t *testing.T) {
 	for _, tt := range []struct {
-		target, service, ns, format, err string
+		target, service, ns string
+		nsSet               bool
+		formats             string
+		err                 string
 	}{
-		{target: "muster:///order.rpc", service: "order.rpc", ns: "services", format: "native"},
-		{target: "muster:///order.rpc?namespace=prod", service: "order.rpc", ns: "prod", format: "native"},
-		{target: "muster:///order.rpc?format=etcd", service: "order.rpc", ns: "services", format: "etcd"},
+		{target: "muster:///order.rpc", service: "order.rpc"},
+		{target: "muster:///order.rpc?namespace=prod", service: "order.rpc", ns: "prod", nsSet: true},
+		{target: "muster:///order.rpc?namespace=", service: "order.rpc", ns: "", nsSet: true},
+		{target: "muster:///order.rpc?format=etcd", service: "order.rpc", formats: "native"},
+		{target: "muster:///order.rpc?format=native,gozero,native", service: "order.rpc", formats: "native,go-zero"},
 		{target: "muster://host/order", err: "three slashes"},
 		{target: "muster:///", err: "service: empty"},
 		{target: "muster:///a/b", err: "contains '/'"},
 		{target: "muster:///a?zone=x", err: `unknown parameter "zone"`},
 		{target: "muster:///a?format=consul", err: `unknown format "consul"`},
+		{target: "muster:///a?format=native,", err: "empty name"},
 	} {
 		u, err := url.Parse(tt.target)
 		if err != nil {
 			t.Fatal(err)
 		}
-		s, ns, f, err := ParseTarget(grpcresolver.Target{URL: *u}, "services", "native")
+		got, err := ParseTarget(grpcresolver.Target{URL: *u})
 		if tt.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.err) {
 				t.Errorf("ParseTarget(%q) = %v, want error containing %q", tt.target, err, tt.err)
 			}
 			continue
 		}
-		if err != nil || s != tt.service || ns != tt.ns || f != tt.format {
-			t.Errorf("ParseTarget(%q) = %q %q %q %v", tt.target, s, ns, f, err)
+		if err != nil || got.Service != tt.service || got.Namespace != tt.ns || got.NamespaceSet != tt.nsSet || strings.Join(got.Formats, ",") != tt.formats {
+			t.Errorf("ParseTarget(%q) = %+v, %v", tt.target, got, err)
 		}
 	}
 }

@@ -6,14 +6,37 @@ import (
 	"strings"
 )
 
-var formats = map[string]Format{"native": Native}
+var formats = map[string]Format{
+	"native":  Native,
+	"go-zero": GoZero,
+	"kitex":   Kitex,
+	"go-kit":  GoKit,
+}
 
-// Lookup returns the format called name ("native", and "etcd" as another
-// name for it).
+// DefaultNamespaceOf returns the namespace a format's keys live under when
+// none is configured: "services" for native, "" for go-zero and go-kit
+// (whose keys begin with the service or the user's prefix), and
+// "kitex/registry-etcd" for Kitex.
+func DefaultNamespaceOf(f Format) string {
+	switch f.Name() {
+	case "go-zero", "go-kit":
+		return ""
+	case "kitex":
+		return "kitex/registry-etcd"
+	}
+	return DefaultNamespace
+}
+
+// Lookup returns the format called name: "native" ("etcd" is another name
+// for it), "go-zero" ("gozero"), "kitex" or "go-kit" ("gokit").
 func Lookup(name string) (Format, error) {
 	switch strings.ToLower(name) {
 	case "", "etcd":
 		return Native, nil
+	case "gozero":
+		return GoZero, nil
+	case "gokit":
+		return GoKit, nil
 	}
 	if f, ok := formats[strings.ToLower(name)]; ok {
 		return f, nil
