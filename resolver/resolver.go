@@ -2,8 +2,8 @@ package resolver
 
 import (
 	"fmt"
-	"slices"
 	"log/slog"
+	"slices"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
