@@ -3,10 +3,12 @@ package registry
 import (
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/mustersd/muster/endpoint"
 	"github.com/mustersd/muster/internal/keyfmt"
 )
 
@@ -24,7 +26,7 @@ type options struct {
 	namespace  string
 	logger     *slog.Logger
 	registerer prometheus.Registerer
-	formats    []keyfmt.Format
+	also       []Also
 	backoffMin time.Duration
 	backoffMax time.Duration
 	opTimeout  time.Duration
@@ -35,7 +37,6 @@ func defaultOptions() options {
 		ttl:        DefaultTTL,
 		namespace:  keyfmt.DefaultNamespace,
 		logger:     slog.New(slog.DiscardHandler),
-		formats:    []keyfmt.Format{keyfmt.Native},
 		backoffMin: 50 * time.Millisecond,
 		backoffMax: time.Second,
 		opTimeout:  5 * time.Second,
@@ -51,6 +52,19 @@ func (o *options) validate() error {
 	}
 	if err := keyfmt.ValidateNamespace(o.namespace); err != nil {
 		return fmt.Errorf("registry: %w", err)
+	}
+	for _, a := range o.also {
+		if _, err := keyfmt.Lookup(a.Format); err != nil {
+			return fmt.Errorf("registry: also: %w", err)
+		}
+		if err := keyfmt.ValidateNamespace(a.Namespace); err != nil {
+			return fmt.Errorf("registry: also %s: %w", a.Format, err)
+		}
+		if a.Service != "" {
+			if err := endpoint.ValidateService(a.Service); err != nil {
+				return fmt.Errorf("registry: also %s: %w", a.Format, err)
+			}
+		}
 	}
 	if o.logger == nil {
 		return fmt.Errorf("registry: nil logger")
@@ -85,8 +99,54 @@ func WithBackoff(min, max time.Duration) Option {
 	return func(o *options) { o.backoffMin, o.backoffMax = min, max }
 }
 
-// withFormats sets the formats every endpoint is written in. Unexported until
-// the formats of other systems are public.
-func withFormats(f ...keyfmt.Format) Option { return func(o *options) { o.formats = f } }
+// Also is one more place where every endpoint is published, in another
+// system's format, so that that system's clients find Muster's servers
+// during a migration.
+type Also struct {
+	// Format is the format's name: "go-zero", "kitex", "go-kit", or
+	// "native" (for a second namespace).
+	Format string
+	// Namespace is the key prefix; "" means the format's default
+	// (keyfmt.DefaultNamespaceOf): none for go-zero and go-kit,
+	// "kitex/registry-etcd" for Kitex.
+	Namespace string
+	// Service is the name the other system knows the service by; "" means
+	// the endpoint's own.
+	Service string
+}
 
-var _ = withFormats // used by tests and, later, by the migration options
+// ParseAlso reads an Also written as FORMAT[:KEY], where KEY is what the
+// other system is configured with: go-zero's Etcd.Key ("order.rpc",
+// "dev/order.rpc"), Kitex's service name, or go-kit's prefix
+// ("/services/order"). The part of KEY after its last '/' is the service
+// name, the part before it the namespace.
+func ParseAlso(s string) (Also, error) {
+	format, key, _ := strings.Cut(s, ":")
+	f, err := keyfmt.Lookup(format)
+	if err != nil || format == "" {
+		return Also{}, fmt.Errorf("registry: also %q: want FORMAT[:KEY], FORMAT one of %s", s, strings.Join(keyfmt.Names(), ", "))
+	}
+	a := Also{Format: f.Name()}
+	if key == "" {
+		return a, nil
+	}
+	key = strings.TrimSuffix(key, "/")
+	if i := strings.LastIndex(key, "/"); i >= 0 {
+		a.Namespace, a.Service = key[:i], key[i+1:]
+		if a.Namespace == "" {
+			a.Namespace = "/" // go-kit's "/order": a key beginning with '/'
+		}
+	} else {
+		a.Service = key
+	}
+	if err := endpoint.ValidateService(a.Service); err != nil {
+		return Also{}, fmt.Errorf("registry: also %q: %w", s, err)
+	}
+	return a, nil
+}
+
+// WithAlso publishes every endpoint, under the same lease, in each of the
+// given formats and places besides Muster's own, e.g.
+// Also{Format: "go-zero"} so that go-zero clients configured with
+// Etcd.Key = the service name find Muster's servers.
+func WithAlso(also ...Also) Option { return func(o *options) { o.also = append(o.also, also...) } }

@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/mustersd/muster/endpoint"
+	"github.com/mustersd/muster/internal/keyfmt"
 )
 
 // ErrClosed is returned by the methods of a closed Registrar.
@@ -141,9 +142,22 @@ func (r *Registrar) Register(ctx context.Context, eps ...endpoint.Endpoint) erro
 		if err := e.Validate(); err != nil {
 			return fmt.Errorf("registry: register: %w", err)
 		}
-		keys := make(map[string]string, len(r.opts.formats))
-		for _, f := range r.opts.formats {
-			k, v, err := f.Encode(r.opts.namespace, e, 0)
+		keys := make(map[string]string, 1+len(r.opts.also))
+		k, v, err := keyfmt.Native.Encode(r.opts.namespace, e, 0)
+		if err != nil {
+			return fmt.Errorf("registry: register %s: %w", e, err)
+		}
+		keys[k] = string(v)
+		for _, a := range r.opts.also {
+			f, _ := keyfmt.Lookup(a.Format) // checked by New
+			ns, ae := a.Namespace, e
+			if ns == "" {
+				ns = keyfmt.DefaultNamespaceOf(f)
+			}
+			if a.Service != "" {
+				ae.Service = a.Service
+			}
+			k, v, err := f.Encode(ns, ae, 0)
 			if err != nil {
 				return fmt.Errorf("registry: register %s in format %s: %w", e, f.Name(), err)
 			}
