@@ -18,6 +18,7 @@ import (
 	"github.com/mustersd/muster/endpoint"
 	"github.com/mustersd/muster/internal/etcdclient"
 	"github.com/mustersd/muster/internal/keyfmt"
+	"github.com/mustersd/muster/registry"
 )
 
 // Defaults of Config, applied by WithDefaults.
@@ -116,6 +117,11 @@ type EtcdConfig struct {
 	// TTL is the lease TTL of a server's registration, whole seconds, at
 	// least 2s. Default 10s.
 	TTL time.Duration `yaml:"TTL,omitempty"`
+	// Also, for a server during a migration, publishes its endpoint in other
+	// systems' formats too, each written FORMAT[:KEY]: "go-zero" (go-zero
+	// clients with Etcd.Key = Name find it), "go-zero:dev/order.rpc",
+	// "kitex:order", "go-kit:/services/order". See registry.ParseAlso.
+	Also []string `yaml:"Also,omitempty"`
 }
 
 // Metadata is registered with a server's address; balancers read it.
@@ -271,6 +277,11 @@ func (c Config) Validate() error {
 	case "", "muster_p2c", "muster_weighted", "round_robin", "pick_first":
 	default:
 		bad("Balancer", "%q is not one of muster_p2c, muster_weighted, round_robin, pick_first", c.Balancer)
+	}
+	for i, a := range c.Etcd.Also {
+		if _, err := registry.ParseAlso(a); err != nil {
+			bad(fmt.Sprintf("Etcd.Also[%d]", i), "%v", strings.TrimPrefix(err.Error(), "registry: "))
+		}
 	}
 	if c.Etcd.Pass != "" && c.Etcd.User == "" {
 		bad("Etcd.Pass", "set without Etcd.User")

@@ -44,6 +44,7 @@ Etcd:
   InsecureSkipVerify: true
   DialTimeout: 3s
   TTL: 15s
+  Also: [go-zero, "kitex:order"]
 Metadata:
   Weight: 20
   Zone: eu-1a
@@ -70,6 +71,7 @@ Shutdown:
 			InsecureSkipVerify: true,
 			DialTimeout:        3 * time.Second,
 			TTL:                15 * time.Second,
+			Also:               []string{"go-zero", "kitex:order"},
 		},
 		Metadata: Metadata{Weight: 20, Zone: "eu-1a", Version: "1.4.2", Tags: map[string]string{"canary": "true"}},
 		Shutdown: ShutdownConfig{DrainDelay: 2500 * time.Millisecond, Timeout: 30 * time.Second},
@@ -153,6 +155,7 @@ func TestConfigInvalid(t *testing.T) {
 		{"Metadata.Tags", func(c *Config) { c.Metadata.Tags = map[string]string{"": "x"} }},
 		{"Shutdown.Timeout", func(c *Config) { c.Shutdown.Timeout = -time.Second }},
 		{"Balancer", func(c *Config) { c.Balancer = "p2c" }},
+		{"Etcd.Also[1]", func(c *Config) { c.Etcd.Also = []string{"go-zero", "consul:x"} }},
 	} {
 		c := Config{Name: "order.rpc", ListenOn: "127.0.0.1:0", Etcd: EtcdConfig{Hosts: []string{"127.0.0.1:2379"}}}
 		tc.mod(&c)

@@ -137,7 +137,16 @@ func (s *Server) startLocked(ctx context.Context) error {
 		s.cli, s.ownCli = cli, true
 	}
 	if s.cli != nil {
+		var also []registry.Also
+		for _, a := range s.cfg.Etcd.Also {
+			pa, err := registry.ParseAlso(a)
+			if err != nil {
+				return fmt.Errorf("muster: Etcd.Also: %w", err)
+			}
+			also = append(also, pa)
+		}
 		reg, err := registry.New(s.cli,
+			registry.WithAlso(also...),
 			registry.WithTTL(s.cfg.Etcd.TTL),
 			registry.WithNamespace(s.cfg.Etcd.Namespace),
 			registry.WithLogger(log),
