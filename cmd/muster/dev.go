@@ -20,6 +20,9 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/mustersd/muster/discovery"
+	"github.com/mustersd/muster/internal/etcdclient"
 )
 
 const (
@@ -43,9 +46,10 @@ const (
 
 // devOptions are the flags of `muster dev`.
 type devOptions struct {
-	dataDir    string
-	listen     string
-	peerListen string
+	dataDir     string
+	listen      string
+	peerListen  string
+	metricsAddr string
 	// hooks run beside etcd once it is ready; see devHook.
 	hooks []devHook
 }
@@ -89,7 +93,13 @@ etcd's own log goes to etcd.log in the data directory; its errors also
 appear on stderr.
 
 The peer listener, which etcd needs even alone, defaults to the client
-port + 1.`,
+port + 1.
+
+Muster's Prometheus metrics (the endpoints registered in the namespace, as
+Muster's discovery sees them, and the Go runtime's) are served at
+/metrics on --metrics-addr, by default the client port + 2
+(http://127.0.0.1:2381/metrics); 'off' turns them off. etcd serves its own
+metrics at /metrics on its client port.`,
 		Example: `  muster dev
   muster dev --listen 127.0.0.1:23790 --data-dir ./tmp/etcd`,
 		Args: cobra.NoArgs,
@@ -101,6 +111,7 @@ port + 1.`,
 	f.StringVar(&o.dataDir, "data-dir", "", "etcd's data directory, kept between runs (default <user cache dir>/muster/dev.etcd)")
 	f.StringVar(&o.listen, "listen", defaultDevListen, "host:port to serve etcd's clients on")
 	f.StringVar(&o.peerListen, "peer-listen", "", "host:port of etcd's peer listener (default the --listen port + 1)")
+	f.StringVar(&o.metricsAddr, "metrics-addr", "", "host:port to serve Prometheus metrics on at /metrics, or 'off' (default the --listen port + 2)")
 	return cmd
 }
 
@@ -117,6 +128,7 @@ func defaultDevDataDir() string {
 type devAddrs struct {
 	listen, peer          string // host:port to listen on
 	advertise, advertPeer string // host:port to advertise
+	metrics               string // host:port of /metrics; empty for none
 }
 
 // resolveAddrs checks --listen and --peer-listen and fills in the defaults.
@@ -144,6 +156,23 @@ func (o devOptions) resolveAddrs() (devAddrs, error) {
 	}
 	if d.peer == d.listen {
 		return devAddrs{}, usageErrorf("--peer-listen %s: the same address as --listen", d.peer)
+	}
+	switch o.metricsAddr {
+	case metricsOff:
+	case "":
+		if port >= 65534 {
+			return devAddrs{}, usageErrorf("--listen port %d leaves no port for the metrics listener; set --metrics-addr", port)
+		}
+		d.metrics = net.JoinHostPort(host, strconv.Itoa(port+2))
+	default:
+		mhost, mport, err := parseListen("--metrics-addr", o.metricsAddr)
+		if err != nil {
+			return devAddrs{}, err
+		}
+		d.metrics = net.JoinHostPort(mhost, strconv.Itoa(mport))
+	}
+	if d.metrics == d.listen || d.metrics == d.peer {
+		return devAddrs{}, usageErrorf("--metrics-addr %s: the same address as --listen or --peer-listen", d.metrics)
 	}
 	return d, nil
 }
@@ -199,7 +228,10 @@ func (a *app) dev(ctx context.Context, o devOptions) error {
 
 	// Check the ports before the data directory, so that the usual mistake,
 	// a second `muster dev`, gets the message about the port.
-	for _, l := range []struct{ flag, addr string }{{"--listen", addrs.listen}, {"--peer-listen", addrs.peer}} {
+	for _, l := range []struct{ flag, addr string }{{"--listen", addrs.listen}, {"--peer-listen", addrs.peer}, {"--metrics-addr", addrs.metrics}} {
+		if l.addr == "" {
+			continue
+		}
 		ln, err := net.Listen("tcp", l.addr)
 		if err != nil {
 			return devErr("%s", listenError(l.flag, l.addr, err))
@@ -251,25 +283,15 @@ func (a *app) dev(ctx context.Context, o devOptions) error {
 		fmt.Fprintln(a.stdout, "muster dev: stopped")
 	}
 
-	slow := time.NewTimer(devSlowStart)
-	defer slow.Stop()
-wait:
-	for {
-		select {
-		case <-e.Server.ReadyNotify():
-			break wait
-		case <-slow.C:
-			fmt.Fprintf(a.stderr, "muster dev: etcd is not ready after %v; still waiting (see %s)\n", devSlowStart, logPath)
-		case err := <-e.Err():
-			closeEtcd()
-			return devErr("etcd failed to start: %v (see %s)", err, logPath)
-		case <-e.Server.StopNotify():
-			closeEtcd()
-			return devErr("etcd stopped while starting (see %s)", logPath)
-		case <-ctx.Done():
+	if err := waitEtcdReady(ctx, e, func() {
+		fmt.Fprintf(a.stderr, "muster dev: etcd is not ready after %v; still waiting (see %s)\n", devSlowStart, logPath)
+	}); err != nil {
+		if ctx.Err() != nil {
 			stopEtcd()
 			return nil
 		}
+		closeEtcd()
+		return devErr("%v (see %s)", err, logPath)
 	}
 	took := time.Since(start)
 
@@ -277,7 +299,11 @@ wait:
 	fmt.Fprintf(a.stdout, "muster dev: etcd ready at %s (data in %s) in %v\n", srv.clientURL, dir, took.Round(time.Millisecond))
 	printDevHelp(a.stdout, addrs.advertise, logPath)
 
-	stops, err := startHooks(ctx, o.hooks, srv)
+	hooks := o.hooks
+	if addrs.metrics != "" {
+		hooks = append([]devHook{a.devMetrics(addrs.metrics)}, hooks...)
+	}
+	stops, err := startHooks(ctx, hooks, srv)
 	if err != nil {
 		closeEtcd()
 		return failure(err)
@@ -301,6 +327,63 @@ wait:
 	}
 	stopEtcd()
 	return nil
+}
+
+// devMetrics returns the hook that serves Muster's metrics at addr: the Go
+// runtime's and the process's, and those of a discovery watch of the whole
+// namespace (muster_discovery_endpoints{prefix="services/"} is the number
+// of endpoints registered).
+func (a *app) devMetrics(addr string) devHook {
+	return func(_ context.Context, srv *devServer) (func(), error) {
+		reg := newMetricsRegistry()
+		cli, err := etcdclient.New(etcdclient.Config{Endpoints: []string{srv.clientURL}, DialTimeout: a.global.dialTimeout})
+		if err != nil {
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
+		sub, err := discovery.SubscribeAll(cli,
+			discovery.WithNamespace(a.global.namespace),
+			discovery.WithLogger(a.logger),
+			discovery.WithRegisterer(reg))
+		if err != nil {
+			_ = cli.Close()
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
+		ms, err := serveMetrics("--metrics-addr", addr, reg)
+		if err != nil {
+			sub.Close()
+			_ = cli.Close()
+			return nil, err
+		}
+		fmt.Fprintf(srv.out, "  metrics: %s (etcd's own: %s/metrics)\n\n", ms.url, srv.clientURL)
+		return func() {
+			ms.close()
+			sub.Close()
+			_ = cli.Close()
+		}, nil
+	}
+}
+
+// waitEtcdReady waits until e is ready to serve its clients, calling slow
+// once if that takes longer than devSlowStart. It returns an error if etcd
+// fails or stops first, and ctx's error if ctx ends first; it does not close
+// e.
+func waitEtcdReady(ctx context.Context, e *embed.Etcd, slow func()) error {
+	timer := time.NewTimer(devSlowStart)
+	defer timer.Stop()
+	for {
+		select {
+		case <-e.Server.ReadyNotify():
+			return nil
+		case <-timer.C:
+			slow()
+		case err := <-e.Err():
+			return fmt.Errorf("etcd failed to start: %w", err)
+		case <-e.Server.StopNotify():
+			return errors.New("etcd stopped while starting")
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // startHooks runs hooks in order and returns their stop functions. If one

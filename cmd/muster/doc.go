@@ -1,7 +1,9 @@
-// Command muster is Muster's command-line tool: it runs a development etcd,
-// registers endpoints by hand and lists what is registered.
+// Command muster is Muster's command-line tool: it shows what Muster does,
+// runs a development etcd, registers endpoints by hand and lists what is
+// registered.
 //
-//	muster dev                                   # an embedded etcd at 127.0.0.1:2379
+//	muster demo                                  # a rolling restart under load, on a throwaway etcd
+//	muster dev                                   # an embedded etcd at 127.0.0.1:2379, metrics at :2381
 //	muster register order.rpc 127.0.0.1:8080     # keep an endpoint registered until Ctrl-C
 //	muster ls [SERVICE] [--json]                 # list the registered endpoints
 //
@@ -13,5 +15,6 @@
 //
 // Exit codes: 0 on success (also after Ctrl-C ends a long-running command
 // cleanly), 1 when something fails at run time (etcd unreachable, a port in
-// use), 2 for usage errors (a bad flag, argument or value).
+// use, a request of muster demo), 2 for usage errors (a bad flag, argument or
+// value).
 package main

@@ -53,6 +53,27 @@ func TestDevRegisterLs(t *testing.T) {
 		}
 	})
 
+	t.Run("metrics", func(t *testing.T) {
+		line := dev.waitLine("metrics: ", lineTimeout)
+		url := "http://127.0.0.1:" + strconv.Itoa(port+2) + "/metrics"
+		if want := "  metrics: " + url + " (etcd's own: http://" + eps + "/metrics)"; line != want {
+			t.Fatalf("dev printed %q, want %q", line, want)
+		}
+		// The discovery watch of the namespace sees the endpoint.
+		want := `muster_discovery_endpoints{prefix="services/"} 1` + "\n"
+		deadline := time.Now().Add(lineTimeout)
+		for {
+			body := scrape(t, url)
+			if strings.Contains(body, want) && strings.Contains(body, "go_goroutines ") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("/metrics lacks %q:\n%s", want, body)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+
 	t.Run("ls --json", func(t *testing.T) {
 		r := runMuster(t, "ls", "--json", "--endpoints", eps)
 		if r.code != 0 {
@@ -267,6 +288,15 @@ func TestDevPortInUse(t *testing.T) {
 		hold(t, port+1)
 		r := runMuster(t, "dev", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:"+strconv.Itoa(port))
 		want := "muster dev: 127.0.0.1:" + strconv.Itoa(port+1) + " is in use; is another etcd running? use --peer-listen to pick another address\n"
+		if r.code != 1 || r.stderr != want {
+			t.Fatalf("code %d, stderr %q; want 1, %q", r.code, r.stderr, want)
+		}
+	})
+	t.Run("metrics port", func(t *testing.T) {
+		port := freePortPair(t)
+		hold(t, port+2)
+		r := runMuster(t, "dev", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:"+strconv.Itoa(port))
+		want := "muster dev: 127.0.0.1:" + strconv.Itoa(port+2) + " is in use; is another etcd running? use --metrics-addr to pick another address\n"
 		if r.code != 1 || r.stderr != want {
 			t.Fatalf("code %d, stderr %q; want 1, %q", r.code, r.stderr, want)
 		}

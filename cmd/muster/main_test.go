@@ -231,10 +231,12 @@ func runMuster(t *testing.T, args ...string) result {
 	return result{stdout: stdout.String(), stderr: stderr.String(), code: exitCode(t, err), took: time.Since(begin)}
 }
 
-// freePortPair returns a port p such that p and p+1 were both free on
-// 127.0.0.1 a moment ago: the client and default peer port of muster dev.
+// freePortPair returns a port p such that p, p+1 and p+2 were all free on
+// 127.0.0.1 a moment ago: the client, default peer and default metrics port
+// of muster dev.
 func freePortPair(t *testing.T) int {
 	t.Helper()
+next:
 	for range 50 {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -242,14 +244,16 @@ func freePortPair(t *testing.T) int {
 		}
 		port := l.Addr().(*net.TCPAddr).Port
 		l.Close()
-		if port >= 65535 {
+		if port >= 65534 {
 			continue
 		}
-		l2, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port+1))
-		if err != nil {
-			continue
+		for _, p := range []int{port + 1, port + 2} {
+			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+			if err != nil {
+				continue next
+			}
+			l.Close()
 		}
-		l2.Close()
 		return port
 	}
 	t.Fatal("no free pair of ports found")

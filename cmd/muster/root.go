@@ -167,6 +167,8 @@ func newRootCmd(a *app) *cobra.Command {
 		Short: "Service discovery on etcd",
 		Long: `Muster keeps a registry of service endpoints in etcd.
 
+See it work, on a throwaway etcd: 'muster demo'.
+
 Start a development etcd with 'muster dev', then register and list endpoints:
 
   muster dev
@@ -196,7 +198,7 @@ MUSTER_KEY, MUSTER_DIAL_TIMEOUT); a flag on the command line wins.`,
 	f.DurationVar(&g.dialTimeout, "dial-timeout", defaultDialTimeout, "how long to wait for etcd to answer at start (env MUSTER_DIAL_TIMEOUT)")
 	f.StringVar(&g.logLevel, "log-level", "info", "level of the log on stderr: debug, info, warn or error")
 
-	root.AddCommand(newDevCmd(a), newRegisterCmd(a), newLsCmd(a), newWatchCmd(a))
+	root.AddCommand(newDevCmd(a), newDemoCmd(a), newRegisterCmd(a), newLsCmd(a), newWatchCmd(a))
 	return root
 }
 

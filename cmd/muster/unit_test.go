@@ -129,27 +129,33 @@ func TestFormatTags(t *testing.T) {
 
 func TestDevAddrs(t *testing.T) {
 	for _, tt := range []struct {
-		listen, peer       string
-		wantListen, wantPe string
-		wantAdvertise      string
-		wantErr            string
+		listen, peer, metrics string
+		wantListen, wantPe    string
+		wantAdvertise         string
+		wantMetrics           string
+		wantErr               string
 	}{
-		{listen: "127.0.0.1:2379", wantListen: "127.0.0.1:2379", wantPe: "127.0.0.1:2380", wantAdvertise: "127.0.0.1:2379"},
-		{listen: "http://127.0.0.1:3000", peer: "127.0.0.1:4000", wantListen: "127.0.0.1:3000", wantPe: "127.0.0.1:4000", wantAdvertise: "127.0.0.1:3000"},
-		{listen: "0.0.0.0:2379", wantListen: "0.0.0.0:2379", wantPe: "0.0.0.0:2380", wantAdvertise: "127.0.0.1:2379"},
+		{listen: "127.0.0.1:2379", wantListen: "127.0.0.1:2379", wantPe: "127.0.0.1:2380", wantAdvertise: "127.0.0.1:2379", wantMetrics: "127.0.0.1:2381"},
+		{listen: "127.0.0.1:2379", metrics: "off", wantListen: "127.0.0.1:2379", wantPe: "127.0.0.1:2380", wantAdvertise: "127.0.0.1:2379"},
+		{listen: "127.0.0.1:2379", metrics: "0.0.0.0:9100", wantListen: "127.0.0.1:2379", wantPe: "127.0.0.1:2380", wantAdvertise: "127.0.0.1:2379", wantMetrics: "0.0.0.0:9100"},
+		{listen: "127.0.0.1:65534", peer: "127.0.0.1:1", wantErr: "--metrics-addr"},
+		{listen: "127.0.0.1:2379", metrics: "127.0.0.1:2380", wantErr: "same address"},
+		{listen: "127.0.0.1:2379", metrics: "9100", wantErr: "want host:port"},
+		{listen: "http://127.0.0.1:3000", peer: "127.0.0.1:4000", wantListen: "127.0.0.1:3000", wantPe: "127.0.0.1:4000", wantAdvertise: "127.0.0.1:3000", wantMetrics: "127.0.0.1:3002"},
+		{listen: "0.0.0.0:2379", wantListen: "0.0.0.0:2379", wantPe: "0.0.0.0:2380", wantAdvertise: "127.0.0.1:2379", wantMetrics: "0.0.0.0:2381"},
 		{listen: ":2379", wantErr: "want host:port"},
 		{listen: "127.0.0.1:0", wantErr: "want host:port"},
 		{listen: "127.0.0.1:65535", wantErr: "--peer-listen"},
 		{listen: "127.0.0.1:1", peer: "127.0.0.1:1", wantErr: "same address"},
 	} {
-		d, err := devOptions{listen: tt.listen, peerListen: tt.peer}.resolveAddrs()
+		d, err := devOptions{listen: tt.listen, peerListen: tt.peer, metricsAddr: tt.metrics}.resolveAddrs()
 		if tt.wantErr != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Errorf("%s %s: %+v, %v; want error %q", tt.listen, tt.peer, d, err, tt.wantErr)
 			}
 			continue
 		}
-		if err != nil || d.listen != tt.wantListen || d.peer != tt.wantPe || d.advertise != tt.wantAdvertise {
+		if err != nil || d.listen != tt.wantListen || d.peer != tt.wantPe || d.advertise != tt.wantAdvertise || d.metrics != tt.wantMetrics {
 			t.Errorf("%s %s: %+v, %v", tt.listen, tt.peer, d, err)
 		}
 	}
