@@ -37,8 +37,14 @@ type Server struct {
 	grpc   *grpc.Server
 	health *health.Server
 
-	mu       sync.Mutex
-	state    serverState
+	// regMu orders the decisions to register or not: Start's and
+	// SetServing's. It is held across their calls to etcd; mu is not.
+	regMu sync.Mutex
+
+	mu          sync.Mutex
+	state       serverState
+	startCancel context.CancelFunc // while starting
+	startDone   chan struct{}      // closed when a start attempt ends
 	lis      net.Listener
 	cli      *clientv3.Client
 	ownCli   bool
@@ -54,6 +60,7 @@ type serverState int
 
 const (
 	stateNew serverState = iota
+	stateStarting
 	stateStarted
 	stateStopping
 	stateStopped
@@ -110,64 +117,90 @@ func (s *Server) Health() *health.Server { return s.health }
 // TLS settings (the error names the Config field to check), or when ctx
 // ends first.
 func (s *Server) Start(ctx context.Context) error {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	switch s.state {
-	case stateStarted:
+	case stateStarting, stateStarted:
+		s.mu.Unlock()
 		return errors.New("muster: server already started")
 	case stateStopping, stateStopped:
+		s.mu.Unlock()
 		return ErrServerStopped
 	}
-	if err := s.startLocked(ctx); err != nil {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.state, s.startCancel, s.startDone = stateStarting, cancel, make(chan struct{})
+	s.mu.Unlock()
+
+	err := s.start(ctx)
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	defer close(s.startDone)
+	if err != nil {
 		s.abortLocked()
+		s.state = stateNew
 		return err
 	}
 	s.state = stateStarted
 	return nil
 }
 
-func (s *Server) startLocked(ctx context.Context) error {
+// start does Start's work. Fields that other methods read are set under mu;
+// the calls that may wait for etcd run without it.
+func (s *Server) start(ctx context.Context) error {
 	log := s.o.logger
-	s.cli, s.ownCli = s.o.etcd, false
-	if s.cli == nil && len(s.cfg.Etcd.Hosts) > 0 {
-		cli, err := etcdclient.New(s.cfg.etcdConfig())
+	cli, ownCli := s.o.etcd, false
+	if cli == nil && len(s.cfg.Etcd.Hosts) > 0 {
+		c, err := etcdclient.New(s.cfg.etcdConfig())
 		if err != nil {
 			return fmt.Errorf("muster: connect to etcd: %w", err)
 		}
-		s.cli, s.ownCli = cli, true
+		cli, ownCli = c, true
 	}
-	if s.cli != nil {
+	var reg *registry.Registrar
+	if cli != nil {
 		var also []registry.Also
 		for _, a := range s.cfg.Etcd.Also {
 			pa, err := registry.ParseAlso(a)
 			if err != nil {
+				if ownCli {
+					_ = cli.Close()
+				}
 				return fmt.Errorf("muster: Etcd.Also: %w", err)
 			}
 			also = append(also, pa)
 		}
-		reg, err := registry.New(s.cli,
+		r, err := registry.New(cli,
 			registry.WithAlso(also...),
 			registry.WithTTL(s.cfg.Etcd.TTL),
 			registry.WithNamespace(s.cfg.Etcd.Namespace),
 			registry.WithLogger(log),
 			registry.WithRegisterer(s.o.registerer))
 		if err != nil {
+			if ownCli {
+				_ = cli.Close()
+			}
 			return fmt.Errorf("muster: %w", err)
 		}
-		s.reg = reg
+		reg = r
 	}
+	s.mu.Lock()
+	s.cli, s.ownCli, s.reg = cli, ownCli, reg
+	s.mu.Unlock()
 
 	lis, err := net.Listen("tcp", s.cfg.ListenOn)
 	if err != nil {
 		return fmt.Errorf("muster: listen on %s (ListenOn): %w", s.cfg.ListenOn, err)
 	}
-	s.lis = lis
 	host, _, _ := net.SplitHostPort(s.cfg.ListenOn)
 	adv, err := advertiseAddr(s.cfg.Advertise, host, lis.Addr().(*net.TCPAddr).Port, s.o.getenv, net.InterfaceAddrs)
 	if err != nil {
+		_ = lis.Close()
 		return fmt.Errorf("muster: advertised address: %w", err)
 	}
-	s.ep = endpoint.Endpoint{
+	ep := endpoint.Endpoint{
 		Service: s.cfg.Name,
 		Addr:    adv,
 		Zone:    s.cfg.Metadata.Zone,
@@ -175,26 +208,35 @@ func (s *Server) startLocked(ctx context.Context) error {
 		Weight:  s.cfg.Metadata.Weight,
 		Tags:    s.cfg.Metadata.Tags,
 	}.Normalize()
-	if err := s.ep.Validate(); err != nil {
+	if err := ep.Validate(); err != nil {
+		_ = lis.Close()
 		return fmt.Errorf("muster: %w", err)
 	}
 
-	s.setHealth(healthpb.HealthCheckResponse_SERVING)
+	s.mu.Lock()
+	s.lis, s.ep = lis, ep
+	serving := s.serving
+	if serving {
+		s.setHealth(healthpb.HealthCheckResponse_SERVING)
+	} else {
+		s.setHealth(healthpb.HealthCheckResponse_NOT_SERVING)
+	}
 	s.serveErr = make(chan error, 1)
-	go func(lis net.Listener) { s.serveErr <- s.grpc.Serve(lis) }(lis)
-	log.Info("muster: serving", "service", s.cfg.Name, "listen", lis.Addr().String(), "advertise", adv)
+	go func(lis net.Listener, done chan<- error) { done <- s.grpc.Serve(lis) }(lis, s.serveErr)
+	s.mu.Unlock()
+	log.Info("muster: serving", "service", s.cfg.Name, "listen", lis.Addr().String(), "advertise", adv, "serving", serving)
 
-	if s.reg == nil {
+	if reg == nil {
 		log.Info("muster: no etcd configured (Etcd.Hosts): serving without registering", "service", s.cfg.Name)
 		return nil
 	}
-	if !s.serving {
+	if !serving {
 		return nil
 	}
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.Etcd.DialTimeout)
 	defer cancel()
 	start := time.Now()
-	err = s.reg.Register(rctx, s.ep)
+	err = reg.Register(rctx, ep)
 	switch {
 	case err == nil:
 		log.Info("muster: registered", "service", s.cfg.Name, "addr", adv,
@@ -206,12 +248,12 @@ func (s *Server) startLocked(ctx context.Context) error {
 		// now, with an error that names the setting. An etcd that is down
 		// will come back: serve, and register when it does.
 		pctx, pcancel := context.WithTimeout(ctx, time.Second)
-		perr := etcdclient.Ping(pctx, s.cli)
+		perr := etcdclient.Ping(pctx, cli)
 		pcancel()
 		if errors.Is(perr, etcdclient.ErrAuth) || errors.Is(perr, etcdclient.ErrTLS) {
 			return fmt.Errorf("muster: register %s: %w", s.key(), perr)
 		}
-		cause := s.reg.Status().LastError
+		cause := reg.Status().LastError
 		if perr != nil {
 			cause = perr
 		}
@@ -271,6 +313,8 @@ func (s *Server) Endpoint() endpoint.Endpoint {
 // made in the background. Before Start it only sets the state Start begins
 // with.
 func (s *Server) SetServing(ctx context.Context, serving bool) error {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
 	s.mu.Lock()
 	switch s.state {
 	case stateStopping, stateStopped:
@@ -372,6 +416,14 @@ func (s *Server) Serve(ctx context.Context) error {
 // error only when RPCs had to be cut.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
+	if s.state == stateStarting {
+		// Cut the start short; then shut down whatever it got to.
+		cancel, done := s.startCancel, s.startDone
+		s.mu.Unlock()
+		cancel()
+		<-done
+		s.mu.Lock()
+	}
 	switch s.state {
 	case stateStopping, stateStopped:
 		s.mu.Unlock()

@@ -275,6 +275,15 @@ func TestStartNotServing(t *testing.T) {
 	if got := keys(t, cli, "services/"); len(got) != 0 {
 		t.Fatalf("keys %v, want none before SERVING", got)
 	}
+	cc, err := grpc.NewClient(srv.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	resp, err := healthpb.NewHealthClient(cc).Check(testx.Context(t, 5*time.Second), &healthpb.HealthCheckRequest{})
+	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("health of a server started NOT_SERVING: %v, %v", resp.GetStatus(), err)
+	}
 	if err := srv.SetServing(testx.Context(t, 5*time.Second), true); err != nil {
 		t.Fatal(err)
 	}
@@ -429,5 +438,35 @@ func TestListenError(t *testing.T) {
 	}
 	if got := keys(t, m.Client(t), "services/"); len(got) != 0 {
 		t.Fatalf("a server that failed to listen registered %v", got)
+	}
+}
+
+// TestShutdownDuringStart: a Shutdown while Start waits for an etcd that
+// does not answer cuts the start short, and neither hangs.
+func TestShutdownDuringStart(t *testing.T) {
+	m := etcdtest.Single(t)
+	cfg := testConfig(m)
+	cfg.Etcd.DialTimeout = time.Minute
+	m.Stop()
+	srv, err := NewServer(cfg, WithoutSignals())
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan error, 1)
+	go func() { started <- srv.Start(context.Background()) }()
+	testx.Eventually(t, 10*time.Second, "the server never listened", func() bool { return srv.Addr() != nil })
+	if err := srv.Shutdown(testx.Context(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-started:
+		if err == nil {
+			t.Fatal("Start succeeded although Shutdown cut it short")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Start still waiting after Shutdown")
+	}
+	if addr := srv.Addr(); addr != nil {
+		t.Fatalf("still listening on %v after Shutdown", addr)
 	}
 }
