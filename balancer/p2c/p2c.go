@@ -7,9 +7,12 @@
 // lower samples gradually, with a configurable time constant. A failure that
 // says the instance is in trouble (Unavailable, ResourceExhausted,
 // DeadlineExceeded, Internal) counts as a sample of at least failurePenalty.
-// While an endpoint is not picked its estimate decays towards zero, so an
-// instance that was avoided is tried again now and then and can win its
-// traffic back once it is healthy. A new endpoint, or one that becomes READY
+// An endpoint that loses a comparison and has not been picked for
+// probeInterval (default 1s) is picked anyway, once, as a probe, and the
+// probe's latency replaces its estimate: an instance avoided after one slow
+// answer (a garbage collection, a noisy neighbour) wins its traffic back
+// within about a second, while a slow one gets one request a second per
+// client. Unpicked, an estimate also decays towards zero. A new endpoint, or one that becomes READY
 // again, starts from the median estimate of its peers rather than from zero,
 // so that a fresh instance is not flooded before it has answered once.
 //
@@ -51,6 +54,7 @@ const Name = "muster_p2c"
 const (
 	DefaultDecay          = 10 * time.Second
 	DefaultFailurePenalty = time.Second
+	DefaultProbeInterval  = time.Second
 )
 
 func init() {
@@ -69,6 +73,9 @@ type Config struct {
 	// FailurePenalty is the latency a failure that says the instance is in
 	// trouble counts as, at least. Default 1s.
 	FailurePenalty lbutil.Duration `json:"failurePenalty,omitempty"`
+	// ProbeInterval is how long an endpoint may go unpicked before it is
+	// picked once as a probe, to measure it afresh. Default 1s.
+	ProbeInterval lbutil.Duration `json:"probeInterval,omitempty"`
 
 	// The zone preference: zone (default $MUSTER_ZONE) and minLocalReady.
 	lbutil.Zone
@@ -98,6 +105,12 @@ func ParseConfig(js json.RawMessage) (*Config, error) {
 	}
 	if c.FailurePenalty == 0 {
 		c.FailurePenalty = lbutil.Duration(DefaultFailurePenalty)
+	}
+	if c.ProbeInterval == 0 {
+		c.ProbeInterval = lbutil.Duration(DefaultProbeInterval)
+	}
+	if c.ProbeInterval < lbutil.Duration(time.Millisecond) {
+		return nil, fmt.Errorf("%s: config: probeInterval: %v is under 1ms", Name, time.Duration(c.ProbeInterval))
 	}
 	if c.Decay < lbutil.Duration(time.Millisecond) {
 		return nil, fmt.Errorf("%s: config: decay: %v is under 1ms", Name, time.Duration(c.Decay))
@@ -221,6 +234,7 @@ func (b *p2cBalancer) UpdateState(s balancer.State) {
 		members:  make([]member, len(members)),
 		invDecay: cfg.invDecay(),
 		penalty:  float64(time.Duration(cfg.FailurePenalty).Microseconds()),
+		probe:    int64(time.Duration(cfg.ProbeInterval)),
 	}
 	for i, m := range members {
 		p.members[i] = member{picker: m.Picker, stats: b.stats[m.Addr]}
@@ -256,8 +270,9 @@ type stats struct {
 	// est packs the peak-EWMA latency in microseconds (float32, high 32
 	// bits) with the time of its last update in milliseconds since epoch
 	// (low 32 bits, wrapping every 49 days; only differences are used).
-	est     atomic.Uint64
-	pending atomic.Int64 // RPCs in flight
+	est      atomic.Uint64
+	pending  atomic.Int64 // RPCs in flight
+	lastPick atomic.Int64 // clock() of the last pick, to a millisecond or so
 }
 
 func pack(costUs float64, ms uint32) uint64 {
@@ -270,6 +285,20 @@ func unpack(w uint64) (costUs float64, ms uint32) {
 
 func (s *stats) reset(costUs float64, now int64) {
 	s.est.Store(pack(costUs, uint32(now/1e6)))
+	s.lastPick.Store(now)
+}
+
+// picked records a pick at now. It writes only when the record is a
+// millisecond old, so that the cache line is not written on every pick.
+func (s *stats) picked(now int64) {
+	if now-s.lastPick.Load() > 1e6 {
+		s.lastPick.Store(now)
+	}
+}
+
+// replace sets the estimate to a probe's sample.
+func (s *stats) replace(sampleUs float64, now int64) {
+	s.est.Store(pack(sampleUs, uint32(now/1e6)))
 }
 
 // estimate returns the latency estimate at now, decayed towards zero for
@@ -312,11 +341,13 @@ type picker struct {
 	members  []member
 	invDecay float64 // 1/ms
 	penalty  float64 // microseconds
+	probe    int64   // probe interval, ns
 }
 
 func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	now := clock()
 	m := &p.members[0]
+	probe := false
 	if n := len(p.members); n > 1 {
 		i := rand.IntN(n)
 		j := rand.IntN(n - 1)
@@ -326,20 +357,37 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 		a, b := &p.members[i], &p.members[j]
 		ca := a.stats.estimate(now, p.invDecay) * float64(a.stats.pending.Load()+1)
 		cb := b.stats.estimate(now, p.invDecay) * float64(b.stats.pending.Load()+1)
-		m = a
+		m, loser := a, b
 		if cb < ca {
-			m = b
+			m, loser = b, a
 		}
+		// A loser left alone for the probe interval is measured afresh;
+		// the CAS lets one pick among concurrent ones do it.
+		if last := loser.stats.lastPick.Load(); now-last > p.probe && loser.stats.pending.Load() == 0 &&
+			loser.stats.lastPick.CompareAndSwap(last, now) {
+			m, probe = loser, true
+		}
+		res, err := m.picker.Pick(info)
+		if err != nil {
+			return res, err
+		}
+		return p.track(m, res, now, probe), nil
 	}
 	res, err := m.picker.Pick(info)
 	if err != nil {
 		return res, err
 	}
+	return p.track(m, res, now, false), nil
+}
+
+// track counts the RPC in flight on m and hooks its Done.
+func (p *picker) track(m *member, res balancer.PickResult, now int64, probe bool) balancer.PickResult {
+	m.stats.picked(now)
 	m.stats.pending.Add(1)
 	c := calls.Get().(*call)
-	c.stats, c.start, c.p, c.childDone = m.stats, now, p, res.Done
+	c.stats, c.start, c.p, c.childDone, c.probe = m.stats, now, p, res.Done, probe
 	res.Done = c.done
-	return res, nil
+	return res
 }
 
 // call carries one RPC from Pick to Done. Calls are pooled, and each keeps
@@ -347,6 +395,7 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 type call struct {
 	stats     *stats
 	start     int64
+	probe     bool
 	p         *picker
 	childDone func(balancer.DoneInfo)
 	done      func(balancer.DoneInfo)
@@ -362,9 +411,9 @@ func newCall() any {
 
 func (c *call) finish(info balancer.DoneInfo) {
 	now := clock()
-	s, p, childDone := c.stats, c.p, c.childDone
+	s, p, childDone, probe := c.stats, c.p, c.childDone, c.probe
 	sample := float64(now-c.start) / 1e3
-	c.stats, c.p, c.childDone = nil, nil, nil
+	c.stats, c.p, c.childDone, c.probe = nil, nil, nil, false
 	calls.Put(c)
 
 	s.pending.Add(-1)
@@ -377,7 +426,10 @@ func (c *call) finish(info balancer.DoneInfo) {
 			observe = false // the caller gave up; says nothing of the instance
 		}
 	}
-	if observe {
+	switch {
+	case observe && probe:
+		s.replace(sample, now)
+	case observe:
 		s.observe(sample, now, p.invDecay)
 	}
 	if childDone != nil {

@@ -21,12 +21,14 @@ func newTestPicker(n int) (*picker, []*fixedPicker) {
 	if err != nil {
 		panic(err)
 	}
-	p := &picker{invDecay: cfg.invDecay(), penalty: float64(time.Duration(cfg.FailurePenalty).Microseconds())}
+	p := &picker{invDecay: cfg.invDecay(), penalty: float64(time.Duration(cfg.FailurePenalty).Microseconds()), probe: int64(time.Duration(cfg.ProbeInterval))}
 	var fs []*fixedPicker
 	for i := range n {
 		f := &fixedPicker{n: i}
 		fs = append(fs, f)
-		p.members = append(p.members, member{picker: f, stats: &stats{}})
+		st := &stats{}
+		st.reset(0, clock())
+		p.members = append(p.members, member{picker: f, stats: st})
 	}
 	return p, fs
 }
@@ -154,5 +156,40 @@ func TestMedian(t *testing.T) {
 		if got := median(tc.in); got != tc.want {
 			t.Errorf("median(%v) = %v, want %v", tc.in, got, tc.want)
 		}
+	}
+}
+
+// TestProbe: an endpoint avoided for the probe interval is picked once as a
+// probe, and a fast answer to the probe replaces its estimate.
+func TestProbe(t *testing.T) {
+	p, _ := newTestPicker(2)
+	now := clock()
+	fast, slow := p.members[0].stats, p.members[1].stats
+	fast.reset(1000, now)
+	slow.reset(50_000, now)
+	slow.lastPick.Store(now - int64(2*time.Second)) // avoided for 2s
+	var probe balancer.PickResult
+	picks := 0
+	for range 100 {
+		res, err := p.Pick(balancer.PickInfo{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if slow.pending.Load() == 1 && probe.Done == nil {
+			probe = res // keep the probe in flight
+			picks++
+			continue
+		}
+		if slow.pending.Load() > 1 {
+			picks++
+		}
+		res.Done(balancer.DoneInfo{Err: status.Error(codes.Canceled, "")})
+	}
+	if picks != 1 {
+		t.Fatalf("the avoided endpoint got %d of 100 picks, want 1 probe", picks)
+	}
+	probe.Done(balancer.DoneInfo{}) // answered at once: healthy again
+	if c := slow.estimate(clock(), p.invDecay); c > 10_000 {
+		t.Fatalf("after a fast probe the estimate is still %vµs", c)
 	}
 }
