@@ -27,6 +27,7 @@ const ttlWorkers = 8
 
 func newLsCmd(a *app) *cobra.Command {
 	var asJSON bool
+	var format string
 	cmd := &cobra.Command{
 		Use:   "ls [SERVICE]",
 		Short: "List the registered endpoints",
@@ -34,10 +35,15 @@ func newLsCmd(a *app) *cobra.Command {
 sorted by service and instance id. TTL is what is left of the lease the key
 is attached to ("-" for a key without a lease).
 
-Values that cannot be decoded are skipped and reported on stderr.`,
+Values that cannot be decoded are skipped and reported on stderr.
+
+With --format, ls reads what another system registered (go-zero, kitex,
+go-kit) for one SERVICE; --namespace then defaults to that format's own
+(none for go-zero and go-kit, kitex/registry-etcd for Kitex).`,
 		Example: `  muster ls
   muster ls order.rpc
-  muster ls --json | jq -r '.[].addr'`,
+  muster ls --json | jq -r '.[].addr'
+  muster ls order.rpc --format go-zero`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
 			service := ""
@@ -47,10 +53,18 @@ Values that cannot be decoded are skipped and reported on stderr.`,
 					return usageErrorf("%v", err)
 				}
 			}
-			return a.ls(cmd.Context(), service, asJSON)
+			f, ns, err := a.formatAndNamespace(format)
+			if err != nil {
+				return err
+			}
+			if f != keyfmt.Native && service == "" {
+				return usageErrorf("--format %s: name the SERVICE to list", f.Name())
+			}
+			return a.ls(cmd.Context(), service, f, ns, asJSON)
 		}),
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array, one object per endpoint")
+	cmd.Flags().StringVar(&format, "format", "native", "key format to read: "+strings.Join(keyfmt.Names(), ", "))
 	return cmd
 }
 
@@ -81,13 +95,13 @@ type lsResult struct {
 }
 
 // ls lists the endpoints of service, or of every service when it is "".
-func (a *app) ls(ctx context.Context, service string, asJSON bool) error {
+func (a *app) ls(ctx context.Context, service string, f keyfmt.Format, ns string, asJSON bool) error {
 	cli, err := a.connect()
 	if err != nil {
 		return err
 	}
 	defer cli.Close()
-	res, err := a.list(ctx, cli, service)
+	res, err := a.list(ctx, cli, service, f, ns)
 	if err != nil {
 		return err
 	}
@@ -105,11 +119,10 @@ func (a *app) ls(ctx context.Context, service string, asJSON bool) error {
 
 // list reads the keys under the prefix of service (or of the namespace) in
 // one Get and the TTLs of their leases.
-func (a *app) list(ctx context.Context, cli *clientv3.Client, service string) (*lsResult, error) {
-	ns := a.global.namespace
+func (a *app) list(ctx context.Context, cli *clientv3.Client, service string, f keyfmt.Format, ns string) (*lsResult, error) {
 	res := &lsResult{prefix: keyfmt.NamespacePrefix(ns)}
 	if service != "" {
-		res.prefix = keyfmt.Native.Prefix(ns, service)
+		res.prefix = f.Prefix(ns, service)
 	}
 	gctx, cancel := context.WithTimeout(ctx, a.global.dialTimeout)
 	resp, err := cli.Get(gctx, res.prefix, clientv3.WithPrefix())
@@ -120,12 +133,15 @@ func (a *app) list(ctx context.Context, cli *clientv3.Client, service string) (*
 	res.rows = make([]lsRow, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
 		key := string(kv.Key)
-		svc, id, ok := keyfmt.SplitKey(ns, key)
-		if !ok {
-			res.malformed = append(res.malformed, fmt.Sprintf("%q: key is not %s<service>/<id>", key, keyfmt.NamespacePrefix(ns)))
-			continue
+		svc, id := service, strings.TrimPrefix(key, res.prefix)
+		if service == "" {
+			var ok bool
+			if svc, id, ok = keyfmt.SplitKey(ns, key); !ok {
+				res.malformed = append(res.malformed, fmt.Sprintf("%q: key is not %s<service>/<id>", key, keyfmt.NamespacePrefix(ns)))
+				continue
+			}
 		}
-		e, err := keyfmt.Native.Decode(svc, id, kv.Value)
+		e, err := f.Decode(svc, id, kv.Value)
 		if err != nil {
 			res.malformed = append(res.malformed, fmt.Sprintf("%s: %v", key, err))
 			continue

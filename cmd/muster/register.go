@@ -22,6 +22,7 @@ type registerOptions struct {
 	zone    string
 	version string
 	tags    []string
+	also    []string
 	ttl     time.Duration
 }
 
@@ -36,7 +37,8 @@ lease alive, and deregister (revoke the lease) on Ctrl-C or SIGTERM.
 If the process dies without deregistering, the endpoint vanishes when its
 lease expires, --ttl after the last keepalive.`,
 		Example: `  muster register order.rpc 127.0.0.1:8080
-  muster register order.rpc 10.0.0.7:8080 --zone eu-1a --version 1.4.2 --tag canary=true --ttl 5s`,
+  muster register order.rpc 10.0.0.7:8080 --zone eu-1a --version 1.4.2 --tag canary=true --ttl 5s
+  muster register order.rpc 10.0.0.7:8080 --also go-zero --also kitex:order   # found by go-zero and Kitex clients too`,
 		Args: func(_ *cobra.Command, args []string) error {
 			if len(args) != 2 {
 				return fmt.Errorf("want SERVICE and ADDR, got %d argument(s); e.g. muster register order.rpc 127.0.0.1:8080", len(args))
@@ -48,7 +50,15 @@ lease expires, --ttl after the last keepalive.`,
 			if err != nil {
 				return err
 			}
-			return a.register(cmd.Context(), e, o.ttl)
+			var also []registry.Also
+			for _, s := range o.also {
+				al, err := registry.ParseAlso(s)
+				if err != nil {
+					return usageErrorf("--also: %v", strings.TrimPrefix(err.Error(), "registry: "))
+				}
+				also = append(also, al)
+			}
+			return a.register(cmd.Context(), e, o.ttl, also)
 		}),
 	}
 	f := cmd.Flags()
@@ -57,6 +67,7 @@ lease expires, --ttl after the last keepalive.`,
 	f.StringVar(&o.zone, "zone", "", "failure domain of the instance, e.g. eu-1a")
 	f.StringVar(&o.version, "version", "", "version of the software the instance runs")
 	f.StringArrayVar(&o.tags, "tag", nil, "label `key=value`; repeat for more tags")
+	f.StringArrayVar(&o.also, "also", nil, "also publish in another system's format, `FORMAT[:KEY]` (go-zero, kitex, go-kit; e.g. go-zero:dev/order.rpc); repeatable")
 	f.DurationVar(&o.ttl, "ttl", registry.DefaultTTL, fmt.Sprintf("lease TTL: how long the endpoint outlives this process if it dies; whole seconds, at least %v", registry.MinTTL))
 	return cmd
 }
@@ -117,7 +128,7 @@ func parseTags(flags []string) (map[string]string, error) {
 
 // register registers e with a lease of ttl and keeps it registered until ctx
 // ends, then revokes the lease.
-func (a *app) register(ctx context.Context, e endpoint.Endpoint, ttl time.Duration) error {
+func (a *app) register(ctx context.Context, e endpoint.Endpoint, ttl time.Duration, also []registry.Also) error {
 	cli, err := a.connect()
 	if err != nil {
 		return err
@@ -127,6 +138,7 @@ func (a *app) register(ctx context.Context, e endpoint.Endpoint, ttl time.Durati
 	// below, not also in the registrar's log.
 	var registered atomic.Bool
 	r, err := registry.New(cli,
+		registry.WithAlso(also...),
 		registry.WithTTL(ttl),
 		registry.WithNamespace(a.global.namespace),
 		registry.WithLogger(slog.New(gatedHandler{h: a.logger.Handler(), open: &registered})))

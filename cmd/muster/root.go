@@ -319,3 +319,18 @@ func unreachable(err error) (reason string, ok bool) {
 	}
 	return "", false
 }
+
+// formatAndNamespace resolves --format, and the namespace to read it in:
+// --namespace when it was set (flag or MUSTER_NAMESPACE), else the
+// format's default.
+func (a *app) formatAndNamespace(name string) (keyfmt.Format, string, error) {
+	f, err := keyfmt.Lookup(name)
+	if err != nil {
+		return nil, "", usageErrorf("--format: %v", err)
+	}
+	ns := a.global.namespace
+	if f != keyfmt.Native && ns == keyfmt.DefaultNamespace {
+		ns = keyfmt.DefaultNamespaceOf(f)
+	}
+	return f, ns, nil
+}

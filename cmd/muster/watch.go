@@ -14,10 +14,12 @@ import (
 
 	"github.com/mustersd/muster/discovery"
 	"github.com/mustersd/muster/endpoint"
+	"github.com/mustersd/muster/internal/keyfmt"
 )
 
 func newWatchCmd(a *app) *cobra.Command {
 	var asJSON bool
+	var format string
 	cmd := &cobra.Command{
 		Use:   "watch SERVICE",
 		Short: "Print a service's instances, then every change, until interrupted",
@@ -28,16 +30,22 @@ It follows etcd through Muster's discovery watcher: it survives etcd
 restarts and compactions, and says when etcd becomes unreachable and when it
 is back, keeping the last known instances meanwhile.`,
 		Example: `  muster watch order.rpc
-  muster watch order.rpc --json | jq -c 'select(.event=="removed")'`,
+  muster watch order.rpc --json | jq -c 'select(.event=="removed")'
+  muster watch order.rpc --format go-zero   # what go-zero's Publisher registered`,
 		Args: cobra.ExactArgs(1),
 		RunE: runE(func(cmd *cobra.Command, args []string) error {
 			if err := endpoint.ValidateService(args[0]); err != nil {
 				return usageErrorf("%v", err)
 			}
-			return a.watch(cmd.Context(), args[0], asJSON)
+			f, ns, err := a.formatAndNamespace(format)
+			if err != nil {
+				return err
+			}
+			return a.watch(cmd.Context(), args[0], f, ns, asJSON)
 		}),
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per line")
+	cmd.Flags().StringVar(&format, "format", "native", "key format to read: "+strings.Join(keyfmt.Names(), ", ")+"; --namespace then defaults to the format's own")
 	return cmd
 }
 
@@ -56,13 +64,13 @@ type watchEvent struct {
 	Error    string            `json:"error,omitempty"`
 }
 
-func (a *app) watch(ctx context.Context, service string, asJSON bool) error {
+func (a *app) watch(ctx context.Context, service string, f keyfmt.Format, ns string, asJSON bool) error {
 	cli, err := a.connect()
 	if err != nil {
 		return err
 	}
 	defer cli.Close()
-	sub, err := discovery.Subscribe(cli, service, discovery.WithNamespace(a.global.namespace), discovery.WithLogger(a.logger))
+	sub, err := discovery.Subscribe(cli, service, discovery.WithFormat(f.Name()), discovery.WithNamespace(ns), discovery.WithLogger(a.logger))
 	if err != nil {
 		return failure(err)
 	}
