@@ -54,6 +54,7 @@ type demoOptions struct {
 	healthCheck bool
 	balancer    string
 	metricsAddr string
+	static      bool
 }
 
 func newDemoCmd(a *app) *cobra.Command {
@@ -113,6 +114,7 @@ stops.`,
 	f.BoolVar(&o.healthCheck, "health-check", true, "client-side health checking, as muster.NewClient does; false: the same balancer without it, so that only the key leaving etcd takes a stopping backend out of rotation")
 	f.StringVar(&o.balancer, "balancer", muster.DefaultBalancer, "the client's load-balancing policy: muster_p2c, muster_weighted, round_robin or pick_first")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:0", "host:port to serve Prometheus metrics on at /metrics, or 'off'")
+	f.BoolVar(&o.static, "static", false, "without etcd: the client gets the backends' addresses as a fixed list (Config.Endpoints), and each replacement comes back on its predecessor's address")
 	return cmd
 }
 
@@ -190,6 +192,9 @@ func (o demoOptions) describe() string {
 	if !o.healthCheck {
 		hc = "health checking off"
 	}
+	if o.static {
+		hc += ", static endpoints, no etcd"
+	}
 	return o.balancer + ", " + drain + ", " + hc
 }
 
@@ -223,15 +228,21 @@ func (a *app) demo(ctx context.Context, o demoOptions, logger *slog.Logger) erro
 	}
 	out := &demoPrinter{w: a.stdout}
 
-	etcdAddr, dir, stopEtcd, err := a.startDemoEtcd(ctx)
-	if err != nil {
-		return demoErr("%v", err)
+	var etcdAddr string
+	if !o.static {
+		addr, dir, stopEtcd, err := a.startDemoEtcd(ctx)
+		if err != nil {
+			return demoErr("%v", err)
+		}
+		defer stopEtcd()
+		if ctx.Err() != nil {
+			return nil
+		}
+		etcdAddr = addr
+		out.printf("demo: etcd ready at http://%s (embedded; data in %s, removed at the end)\n", etcdAddr, dir)
+	} else {
+		out.printf("demo: no etcd: the client is given the backends' addresses (Config.Endpoints)\n")
 	}
-	defer stopEtcd()
-	if ctx.Err() != nil {
-		return nil
-	}
-	out.printf("demo: etcd ready at http://%s (embedded; data in %s, removed at the end)\n", etcdAddr, dir)
 
 	reg := newMetricsRegistry()
 	stats := newDemoStats(reg)
@@ -252,6 +263,7 @@ func (a *app) demo(ctx context.Context, o demoOptions, logger *slog.Logger) erro
 		reg:     reg,
 		etcd:    etcdAddr,
 		servers: map[string]*muster.Server{},
+		slots:   map[int]string{},
 	}
 	defer d.stopServers()
 	for i := range o.backends {
@@ -264,6 +276,12 @@ func (a *app) demo(ctx context.Context, o demoOptions, logger *slog.Logger) erro
 	}
 
 	ccfg := muster.Config{Name: demoService, Balancer: o.balancer, Etcd: muster.EtcdConfig{Hosts: []string{etcdAddr}}}
+	if o.static {
+		ccfg.Etcd.Hosts = nil
+		for i := range o.backends {
+			ccfg.Endpoints = append(ccfg.Endpoints, d.slots[i+1])
+		}
+	}
 	copts, err := o.clientOptions(ccfg)
 	if err != nil {
 		return demoErr("%v", err)
@@ -423,6 +441,7 @@ type demoRun struct {
 
 	mu        sync.Mutex
 	servers   map[string]*muster.Server // running, by label
+	slots     map[int]string            // the address of each slot's first backend
 	restarted int
 }
 
@@ -444,6 +463,14 @@ func (d *demoRun) startBackend(ctx context.Context, slot, gen int) (string, erro
 		Etcd:     muster.EtcdConfig{Hosts: []string{d.etcd}},
 		Shutdown: muster.ShutdownConfig{DrainDelay: d.o.drainConfig()},
 	}
+	if d.o.static {
+		cfg.Etcd.Hosts = nil // serve unregistered
+		d.mu.Lock()
+		if addr, ok := d.slots[slot]; ok {
+			cfg.ListenOn = addr // the client's list knows only this address
+		}
+		d.mu.Unlock()
+	}
 	// The backend's log of its shutdown steps becomes the demo's events.
 	lg := slog.New(stepHandler{next: d.logger.Handler(), event: func(step string) {
 		d.out.event("%-5s %s", label, step)
@@ -462,6 +489,9 @@ func (d *demoRun) startBackend(ctx context.Context, slot, gen int) (string, erro
 	d.stats.addBackend(label, addr, slot, gen)
 	d.mu.Lock()
 	d.servers[label] = srv
+	if _, ok := d.slots[slot]; !ok {
+		d.slots[slot] = addr
+	}
 	d.mu.Unlock()
 	return label, nil
 }
@@ -502,7 +532,11 @@ func (d *demoRun) rollingRestart(ctx context.Context, begin time.Time) {
 			return
 		}
 		joined := time.Now()
-		d.out.event("%-5s joined at %s (registered in etcd)", label, d.stats.addr(label))
+		if d.o.static {
+			d.out.event("%-5s joined at %s (its predecessor's address, in the client's list)", label, d.stats.addr(label))
+		} else {
+			d.out.event("%-5s joined at %s (registered in etcd)", label, d.stats.addr(label))
+		}
 		if d.waitServed(ctx, label) {
 			d.out.event("%-5s took its first request %s after joining", label, formatLatency(time.Since(joined), true))
 		} else if ctx.Err() == nil {

@@ -285,3 +285,30 @@ func TestDemoTable(t *testing.T) {
 		t.Fatalf("table:\n%s\nwant:\n%s", got, want)
 	}
 }
+
+// TestDemoStatic: the demo without etcd, the client given the backends'
+// addresses, every replacement back on its predecessor's address: no
+// request fails.
+func TestDemoStatic(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	out, errOut, done := startDemo(ctx, "--static", "--duration", "6s", "--backends", "2", "--rps", "100", "--drain-delay", "300ms", "--metrics-addr", "off", "--timeout", "20s")
+	desc := func() string { return "stdout:\n" + out.String() + "stderr:\n" + errOut.String() }
+	if code := waitCode(t, done, 80*time.Second, out, errOut); code != 0 {
+		t.Fatalf("exit code %d\n%s", code, desc())
+	}
+	stdout := out.String()
+	if strings.Contains(stdout, "etcd ready") || !strings.Contains(stdout, "no etcd") {
+		t.Fatalf("the static demo started etcd\n%s", desc())
+	}
+	sm := summaryRE.FindStringSubmatch(stdout)
+	if sm == nil || sm[4] != "0" || !strings.HasPrefix(sm[5], "2 backends restarted") {
+		t.Fatalf("summary\n%s", desc())
+	}
+	for _, w := range []string{"b1#2  joined at", "b2#2  joined at", "predecessor's address"} {
+		if !strings.Contains(stdout, w) {
+			t.Errorf("no %q in the output\n%s", w, desc())
+		}
+	}
+	checkDemoStderr(t, errOut.String())
+}
