@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
@@ -94,9 +95,14 @@ func NewClient(cfg Config, opts ...Option) (*grpc.ClientConn, error) {
 		dopts = append(dopts, grpc.WithResolvers(resolver.NewStaticBuilder(eps)))
 	default:
 		ropts := []resolver.Option{
-			resolver.WithNamespace(cfg.Etcd.Namespace),
 			resolver.WithLogger(o.logger),
 			resolver.WithRegisterer(o.registerer),
+		}
+		if cfg.Etcd.Namespace != "" {
+			ropts = append(ropts, resolver.WithNamespace(cfg.Etcd.Namespace))
+		}
+		if len(cfg.Etcd.Formats) > 0 {
+			ropts = append(ropts, resolver.WithFormat(strings.Join(cfg.Etcd.Formats, ",")))
 		}
 		var b grpcresolver.Builder
 		if o.etcd != nil {

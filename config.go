@@ -98,8 +98,10 @@ type EtcdConfig struct {
 	// Key is go-zero's name for the service name; use Config.Name or Key,
 	// not two different ones.
 	Key string `yaml:"Key,omitempty"`
-	// Namespace is the key prefix the services live under. Default
-	// "services": keys are "services/<name>/<instance>".
+	// Namespace is the key prefix the services live under. Unset, it is
+	// "services" for Muster's own keys ("services/<name>/<instance>"), and
+	// each format's own for Formats (none for go-zero and go-kit,
+	// "kitex/registry-etcd" for Kitex).
 	Namespace string `yaml:"Namespace,omitempty"`
 	// User and Pass are the etcd user's credentials, when etcd has
 	// authentication on.
@@ -126,6 +128,11 @@ type EtcdConfig struct {
 	// clients with Etcd.Key = Name find it), "go-zero:dev/order.rpc",
 	// "kitex:order", "go-kit:/services/order". See registry.ParseAlso.
 	Also []string `yaml:"Also,omitempty"`
+	// Formats, for a client during a migration, are the formats whose
+	// instances it reads and merges, one per address: e.g. [native,
+	// go-zero] for a service registered partly by Muster and partly by
+	// go-zero (whose Key is then Name, or Namespace/Name). Default [native].
+	Formats []string `yaml:"Formats,omitempty"`
 }
 
 // Metadata is registered with a server's address; balancers read it.
@@ -190,9 +197,6 @@ func (c Config) Marshal() ([]byte, error) { return yaml.Marshal(c) }
 func (c Config) WithDefaults() Config {
 	if c.Name == "" {
 		c.Name = c.Etcd.Key
-	}
-	if c.Etcd.Namespace == "" {
-		c.Etcd.Namespace = DefaultNamespace
 	}
 	if c.Etcd.DialTimeout == 0 {
 		c.Etcd.DialTimeout = DefaultDialTimeout
@@ -285,6 +289,11 @@ func (c Config) Validate() error {
 	for i, a := range c.Etcd.Also {
 		if _, err := registry.ParseAlso(a); err != nil {
 			bad(fmt.Sprintf("Etcd.Also[%d]", i), "%v", strings.TrimPrefix(err.Error(), "registry: "))
+		}
+	}
+	for i, f := range c.Etcd.Formats {
+		if _, err := keyfmt.Lookup(f); err != nil || strings.TrimSpace(f) == "" {
+			bad(fmt.Sprintf("Etcd.Formats[%d]", i), "%q is not one of %s", f, strings.Join(keyfmt.Names(), ", "))
 		}
 	}
 	if c.Etcd.Pass != "" && c.Etcd.User == "" {
@@ -390,6 +399,14 @@ func parseStaticEndpoint(service, s string) (endpoint.Endpoint, error) {
 		return endpoint.Endpoint{}, fmt.Errorf("%q: %w", s, err)
 	}
 	return e, nil
+}
+
+// namespace returns the namespace Muster's own keys live under.
+func (c Config) namespace() string {
+	if c.Etcd.Namespace == "" {
+		return DefaultNamespace
+	}
+	return c.Etcd.Namespace
 }
 
 // etcdConfig turns c's etcd settings into the client configuration.

@@ -45,6 +45,7 @@ Etcd:
   DialTimeout: 3s
   TTL: 15s
   Also: [go-zero, "kitex:order"]
+  Formats: [native, go-zero]
 Metadata:
   Weight: 20
   Zone: eu-1a
@@ -72,6 +73,7 @@ Shutdown:
 			DialTimeout:        3 * time.Second,
 			TTL:                15 * time.Second,
 			Also:               []string{"go-zero", "kitex:order"},
+			Formats:            []string{"native", "go-zero"},
 		},
 		Metadata: Metadata{Weight: 20, Zone: "eu-1a", Version: "1.4.2", Tags: map[string]string{"canary": "true"}},
 		Shutdown: ShutdownConfig{DrainDelay: 2500 * time.Millisecond, Timeout: 30 * time.Second},
@@ -107,7 +109,7 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		Etcd:     EtcdConfig{Namespace: DefaultNamespace, DialTimeout: DefaultDialTimeout, TTL: DefaultTTL},
+		Etcd:     EtcdConfig{DialTimeout: DefaultDialTimeout, TTL: DefaultTTL},
 		Metadata: Metadata{Weight: 10},
 		Shutdown: ShutdownConfig{DrainDelay: DefaultDrainDelay, Timeout: DefaultShutdownTimeout},
 	}
@@ -156,6 +158,7 @@ func TestConfigInvalid(t *testing.T) {
 		{"Shutdown.Timeout", func(c *Config) { c.Shutdown.Timeout = -time.Second }},
 		{"Balancer", func(c *Config) { c.Balancer = "p2c" }},
 		{"Etcd.Also[1]", func(c *Config) { c.Etcd.Also = []string{"go-zero", "consul:x"} }},
+		{"Etcd.Formats[0]", func(c *Config) { c.Etcd.Formats = []string{"consul"} }},
 	} {
 		c := Config{Name: "order.rpc", ListenOn: "127.0.0.1:0", Etcd: EtcdConfig{Hosts: []string{"127.0.0.1:2379"}}}
 		tc.mod(&c)

@@ -45,15 +45,15 @@ type Server struct {
 	state       serverState
 	startCancel context.CancelFunc // while starting
 	startDone   chan struct{}      // closed when a start attempt ends
-	lis      net.Listener
-	cli      *clientv3.Client
-	ownCli   bool
-	reg      *registry.Registrar
-	ep       endpoint.Endpoint
-	serving  bool
-	serveErr chan error    // the result of grpc.Server.Serve
-	done     chan struct{} // closed when Shutdown has finished
-	stopErr  error
+	lis         net.Listener
+	cli         *clientv3.Client
+	ownCli      bool
+	reg         *registry.Registrar
+	ep          endpoint.Endpoint
+	serving     bool
+	serveErr    chan error    // the result of grpc.Server.Serve
+	done        chan struct{} // closed when Shutdown has finished
+	stopErr     error
 }
 
 type serverState int
@@ -175,7 +175,7 @@ func (s *Server) start(ctx context.Context) error {
 		r, err := registry.New(cli,
 			registry.WithAlso(also...),
 			registry.WithTTL(s.cfg.Etcd.TTL),
-			registry.WithNamespace(s.cfg.Etcd.Namespace),
+			registry.WithNamespace(s.cfg.namespace()),
 			registry.WithLogger(log),
 			registry.WithRegisterer(s.o.registerer))
 		if err != nil {
@@ -286,7 +286,7 @@ func (s *Server) abortLocked() {
 	s.cli = nil
 }
 
-func (s *Server) key() string { return s.cfg.Etcd.Namespace + "/" + s.cfg.Name + "/" + s.ep.ID }
+func (s *Server) key() string { return s.cfg.namespace() + "/" + s.cfg.Name + "/" + s.ep.ID }
 
 // Addr returns the address the server listens on, or nil before Start.
 func (s *Server) Addr() net.Addr {
