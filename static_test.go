@@ -41,6 +41,50 @@ func TestStaticEndpointsWithoutEtcd(t *testing.T) {
 	}
 }
 
+// TestStaticWeights: weights given in Endpoints apply: with
+// muster_weighted, backends of weights 1, 2 and 7 get 10, 20 and 70% of the
+// RPCs.
+func TestStaticWeights(t *testing.T) {
+	weights := []int{1, 2, 7}
+	var eps []string
+	for i, w := range weights {
+		srv := startServer(t, Config{Name: "static.rpc", ListenOn: "127.0.0.1:0"}, fmt.Sprintf("w%d", i))
+		eps = append(eps, fmt.Sprintf("%s;weight=%d", srv.Addr(), w))
+	}
+	cc, err := NewClient(Config{Name: "static.rpc", Endpoints: eps, Balancer: "muster_weighted"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	// Until every backend is READY the policy picks among fewer.
+	testx.Eventually(t, 10*time.Second, "not every backend answered", func() bool {
+		seen := map[string]bool{}
+		for range 20 {
+			name, err := echo.Call(testx.Context(t, 5*time.Second), cc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen[name] = true
+		}
+		return len(seen) == 3
+	})
+	got := map[string]int{}
+	const n = 2000
+	for range n {
+		name, err := echo.Call(testx.Context(t, 5*time.Second), cc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[name]++
+	}
+	for i, w := range weights {
+		share := float64(got[fmt.Sprintf("w%d", i)]) / n
+		if want := float64(w) / 10; share < want-0.02 || share > want+0.02 {
+			t.Errorf("w%d (weight %d) got %.3f of the RPCs, want %.2f±0.02 (%v)", i, w, share, want, got)
+		}
+	}
+}
+
 // TestDNSTarget: a client configured with a dns:/// target reaches the
 // backend behind it.
 func TestDNSTarget(t *testing.T) {
