@@ -16,10 +16,12 @@ import (
 	_ "google.golang.org/grpc/health" // client-side health checking
 	grpcresolver "google.golang.org/grpc/resolver"
 
+	mbalancer "github.com/mustersd/muster/balancer"
 	"github.com/mustersd/muster/balancer/p2c"
 	"github.com/mustersd/muster/balancer/weighted"
 	"github.com/mustersd/muster/endpoint"
 	"github.com/mustersd/muster/internal/etcdclient"
+	"github.com/mustersd/muster/internal/promx"
 	"github.com/mustersd/muster/resolver"
 )
 
@@ -73,6 +75,11 @@ func NewClient(cfg Config, opts ...Option) (*grpc.ClientConn, error) {
 	}
 	if err != nil {
 		return nil, fmt.Errorf("muster: client config: %w", err)
+	}
+	if o.registerer != nil {
+		if _, err := promx.Register(o.registerer, mbalancer.Collector()); err != nil {
+			return nil, fmt.Errorf("muster: metrics: %w", err)
+		}
 	}
 	dopts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),

@@ -6,3 +6,15 @@
 // the Muster resolvers attach to each endpoint, and can prefer the
 // client's zone. Importing a policy's package registers it with gRPC.
 package balancer
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mustersd/muster/balancer/internal/lbutil"
+)
+
+// Collector returns the Prometheus collector of the Muster policies:
+// muster_balancer_picks_total and muster_balancer_errors_total, per policy,
+// ClientConn target and endpoint, summed over the live balancers of the
+// process. Counting costs the pick path one atomic add.
+func Collector() prometheus.Collector { return lbutil.Collector }

@@ -16,6 +16,9 @@
 // again, starts from the median estimate of its peers rather than from zero,
 // so that a fresh instance is not flooded before it has answered once.
 //
+// Two costs within 20% of each other count as equal, so that instances
+// alike share the load evenly rather than by noise.
+//
 // Pick takes no lock and allocates nothing; with Done it reads the clock
 // twice.
 //
@@ -131,6 +134,7 @@ func (builder) Build(cc balancer.ClientConn, opts balancer.BuildOptions) balance
 		ready:      map[string]bool{},
 	}
 	b.child = endpointsharding.NewBalancer(b, opts, balancer.Get(pickfirst.Name).Build, endpointsharding.Options{})
+	b.untrack = lbutil.Track(Name, opts.Target.String(), b)
 	return b
 }
 
@@ -140,10 +144,21 @@ type p2cBalancer struct {
 	balancer.ClientConn // the parent; UpdateState is overridden
 	child               balancer.Balancer
 
+	untrack func()
+
 	mu    sync.Mutex
 	cfg   *Config
 	stats map[string]*stats // by address, while the endpoint exists
 	ready map[string]bool   // READY in the last update
+}
+
+// EachEndpoint reports the counters of every endpoint, for metrics.
+func (b *p2cBalancer) EachEndpoint(f func(addr string, c *lbutil.Counters)) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for a, s := range b.stats {
+		f(a, &s.counters)
+	}
 }
 
 func (b *p2cBalancer) UpdateClientConnState(s balancer.ClientConnState) error {
@@ -170,7 +185,10 @@ func (b *p2cBalancer) UpdateSubConnState(balancer.SubConn, balancer.SubConnState
 
 func (b *p2cBalancer) ExitIdle() { b.child.ExitIdle() }
 
-func (b *p2cBalancer) Close() { b.child.Close() }
+func (b *p2cBalancer) Close() {
+	b.untrack()
+	b.child.Close()
+}
 
 // UpdateState receives endpointsharding's state and publishes a p2c picker
 // over the READY endpoints, or passes the state on when none is READY.
@@ -258,6 +276,9 @@ func median(v []float64) float64 {
 	return (v[len(v)/2-1] + v[len(v)/2]) / 2
 }
 
+// tieMargin is how much lower one cost must be than the other to win.
+const tieMargin = 0.2
+
 // epoch is the origin of clock.
 var epoch = time.Now()
 
@@ -273,6 +294,7 @@ type stats struct {
 	est      atomic.Uint64
 	pending  atomic.Int64 // RPCs in flight
 	lastPick atomic.Int64 // clock() of the last pick, to a millisecond or so
+	counters lbutil.Counters
 }
 
 func pack(costUs float64, ms uint32) uint64 {
@@ -357,8 +379,12 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 		a, b := &p.members[i], &p.members[j]
 		ca := a.stats.estimate(now, p.invDecay) * float64(a.stats.pending.Load()+1)
 		cb := b.stats.estimate(now, p.invDecay) * float64(b.stats.pending.Load()+1)
+		// Costs within tieMargin of each other count as equal, and a is
+		// the random one: endpoints alike get alike shares, instead of
+		// the one whose estimate happens to be a few microseconds lower
+		// taking almost everything while no RPC is in flight.
 		m, loser := a, b
-		if cb < ca {
+		if cb < ca*(1-tieMargin) {
 			m, loser = b, a
 		}
 		// A loser left alone for the probe interval is measured afresh;
@@ -384,6 +410,7 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 func (p *picker) track(m *member, res balancer.PickResult, now int64, probe bool) balancer.PickResult {
 	m.stats.picked(now)
 	m.stats.pending.Add(1)
+	m.stats.counters.Picks.Add(1)
 	c := calls.Get().(*call)
 	c.stats, c.start, c.p, c.childDone, c.probe = m.stats, now, p, res.Done, probe
 	res.Done = c.done
@@ -424,6 +451,9 @@ func (c *call) finish(info balancer.DoneInfo) {
 			sample = max(sample, p.penalty)
 		case codes.Canceled:
 			observe = false // the caller gave up; says nothing of the instance
+		}
+		if observe {
+			s.counters.Errors.Add(1)
 		}
 	}
 	switch {

@@ -5,12 +5,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	mbalancer "github.com/mustersd/muster/balancer"
 	"github.com/mustersd/muster/balancer/internal/lbtest"
 	"github.com/mustersd/muster/balancer/p2c"
 	"github.com/mustersd/muster/endpoint"
+	"github.com/mustersd/muster/internal/echo"
 	"github.com/mustersd/muster/internal/etcdtest"
 	"github.com/mustersd/muster/internal/testx"
 )
@@ -132,5 +135,68 @@ func TestParseConfig(t *testing.T) {
 		if _, err := p2c.ParseConfig([]byte(tc.js)); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("ParseConfig(%s) = %v, want an error naming %s", tc.js, err, tc.want)
 		}
+	}
+}
+
+// TestMetrics: the policy counts picks and failed RPCs per endpoint.
+func TestMetrics(t *testing.T) {
+	m := etcdtest.Single(t)
+	cli := m.Client(t)
+	bs := lbtest.StartBackends(t, lbtest.Registrar(t, cli), 2, nil)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(mbalancer.Collector())
+	cc := lbtest.Dial(t, cli, sc)
+	lbtest.WaitAll(t, cc, "b0", "b1")
+	count := func(name string) (total float64, byEndpoint map[string]float64) {
+		byEndpoint = map[string]float64{}
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != name {
+				continue
+			}
+			for _, mt := range mf.GetMetric() {
+				var target, ep string
+				for _, l := range mt.GetLabel() {
+					switch l.GetName() {
+					case "target":
+						target = l.GetValue()
+					case "endpoint":
+						ep = l.GetValue()
+					}
+				}
+				if strings.Contains(target, lbtest.Service) {
+					total += mt.GetCounter().GetValue()
+					byEndpoint[ep] += mt.GetCounter().GetValue()
+				}
+			}
+		}
+		return total, byEndpoint
+	}
+	before, _ := count("muster_balancer_picks_total")
+	lbtest.Spread(t, cc, 200)
+	after, byEp := count("muster_balancer_picks_total")
+	if after-before != 200 {
+		t.Fatalf("picks went from %v to %v over 200 RPCs", before, after)
+	}
+	if len(byEp) != 2 || byEp[bs[0].Addr] == 0 || byEp[bs[1].Addr] == 0 {
+		t.Fatalf("picks by endpoint %v", byEp)
+	}
+	if errs, _ := count("muster_balancer_errors_total"); errs != 0 {
+		t.Fatalf("%v errors counted with no failure", errs)
+	}
+	bs[0].SetFailEvery(1)
+	failed := 0
+	// b0 may be out of favour; a probe reaches it within a second.
+	testx.Eventually(t, 10*time.Second, "no RPC reached the failing backend", func() bool {
+		if _, err := echo.Call(testx.Context(t, 5*time.Second), cc); err != nil {
+			failed++
+		}
+		return failed > 0
+	})
+	if errs, byEp := count("muster_balancer_errors_total"); errs != float64(failed) || byEp[bs[1].Addr] != 0 {
+		t.Fatalf("errors counted: %v (by endpoint %v), want some, all on %s", errs, byEp, bs[0].Addr)
 	}
 }

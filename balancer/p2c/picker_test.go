@@ -193,3 +193,26 @@ func TestProbe(t *testing.T) {
 		t.Fatalf("after a fast probe the estimate is still %vµs", c)
 	}
 }
+
+// TestTiesSpread: endpoints whose costs are within the tie margin share the
+// picks evenly.
+func TestTiesSpread(t *testing.T) {
+	p, _ := newTestPicker(2)
+	now := clock()
+	p.members[0].stats.reset(1000, now)
+	p.members[1].stats.reset(1100, now)
+	var first int
+	for range 4000 {
+		res, err := p.Pick(balancer.PickInfo{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.members[0].stats.pending.Load() == 1 {
+			first++
+		}
+		res.Done(balancer.DoneInfo{Err: status.Error(codes.Canceled, "")})
+	}
+	if first < 1700 || first > 2300 {
+		t.Fatalf("the endpoint 10%% cheaper got %d of 4000 picks, want about half", first)
+	}
+}

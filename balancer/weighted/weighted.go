@@ -25,8 +25,10 @@ import (
 	"google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/balancer/endpointsharding"
 	"google.golang.org/grpc/balancer/pickfirst"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/serviceconfig"
+	"google.golang.org/grpc/status"
 
 	"github.com/mustersd/muster/balancer/internal/lbutil"
 )
@@ -73,8 +75,9 @@ func ParseConfig(js json.RawMessage) (*Config, error) {
 }
 
 func (builder) Build(cc balancer.ClientConn, opts balancer.BuildOptions) balancer.Balancer {
-	b := &weightedBalancer{ClientConn: cc}
+	b := &weightedBalancer{ClientConn: cc, counters: map[string]*member{}}
 	b.child = endpointsharding.NewBalancer(b, opts, balancer.Get(pickfirst.Name).Build, endpointsharding.Options{})
+	b.untrack = lbutil.Track(Name, opts.Target.String(), b)
 	return b
 }
 
@@ -82,8 +85,37 @@ type weightedBalancer struct {
 	balancer.ClientConn // the parent; UpdateState is overridden
 	child               balancer.Balancer
 
-	mu  sync.Mutex
-	cfg *Config
+	untrack func()
+
+	mu       sync.Mutex
+	cfg      *Config
+	counters map[string]*member // by address, while the endpoint is READY
+}
+
+// member counts one endpoint's picks and errors; done is its Done
+// function, made once so that a pick allocates nothing.
+type member struct {
+	counters lbutil.Counters
+	done     func(balancer.DoneInfo)
+}
+
+func newMember() *member {
+	m := &member{}
+	m.done = func(info balancer.DoneInfo) {
+		if info.Err != nil && status.Code(info.Err) != codes.Canceled {
+			m.counters.Errors.Add(1)
+		}
+	}
+	return m
+}
+
+// EachEndpoint reports the counters of every endpoint, for metrics.
+func (b *weightedBalancer) EachEndpoint(f func(addr string, c *lbutil.Counters)) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for a, m := range b.counters {
+		f(a, &m.counters)
+	}
 }
 
 func (b *weightedBalancer) UpdateClientConnState(s balancer.ClientConnState) error {
@@ -110,7 +142,10 @@ func (b *weightedBalancer) UpdateSubConnState(balancer.SubConn, balancer.SubConn
 
 func (b *weightedBalancer) ExitIdle() { b.child.ExitIdle() }
 
-func (b *weightedBalancer) Close() { b.child.Close() }
+func (b *weightedBalancer) Close() {
+	b.untrack()
+	b.child.Close()
+}
 
 func (b *weightedBalancer) UpdateState(s balancer.State) {
 	b.mu.Lock()
@@ -126,23 +161,47 @@ func (b *weightedBalancer) UpdateState(s balancer.State) {
 	}
 	weights := make([]int, len(members))
 	pickers := make([]balancer.Picker, len(members))
+	ms := make([]*member, len(members))
+	b.mu.Lock()
+	keep := make(map[string]*member, len(members))
 	for i, m := range members {
 		weights[i], pickers[i] = m.Weight, m.Picker
+		if ms[i] = b.counters[m.Addr]; ms[i] == nil {
+			ms[i] = newMember()
+		}
+		keep[m.Addr] = ms[i]
 	}
-	p := &picker{pickers: pickers, schedule: Schedule(weights)}
+	b.counters = keep
+	b.mu.Unlock()
+	p := &picker{pickers: pickers, members: ms, schedule: Schedule(weights)}
 	p.next.Store(rand.Uint64()) // clients do not start in step
 	b.ClientConn.UpdateState(balancer.State{ConnectivityState: connectivity.Ready, Picker: p})
 }
 
 type picker struct {
 	pickers  []balancer.Picker
+	members  []*member
 	schedule []uint32
 	next     atomic.Uint64
 }
 
 func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
-	i := p.next.Add(1) % uint64(len(p.schedule))
-	return p.pickers[p.schedule[i]].Pick(info)
+	i := p.schedule[p.next.Add(1)%uint64(len(p.schedule))]
+	res, err := p.pickers[i].Pick(info)
+	if err != nil {
+		return res, err
+	}
+	m := p.members[i]
+	m.counters.Picks.Add(1)
+	if child := res.Done; child != nil {
+		res.Done = func(info balancer.DoneInfo) { // allocates; pick_first sets no Done
+			m.done(info)
+			child(info)
+		}
+	} else {
+		res.Done = m.done
+	}
+	return res, nil
 }
 
 // Schedule returns a smooth weighted round-robin order of the indexes of
