@@ -101,7 +101,8 @@ type EtcdConfig struct {
 	// Namespace is the key prefix the services live under. Unset, it is
 	// "services" for Muster's own keys ("services/<name>/<instance>"), and
 	// each format's own for Formats (none for go-zero and go-kit,
-	// "kitex/registry-etcd" for Kitex).
+	// "kitex/registry-etcd" for Kitex, "/microservices" for Kratos,
+	// "/micro/registry" for go-micro).
 	Namespace string `yaml:"Namespace,omitempty"`
 	// User and Pass are the etcd user's credentials, when etcd has
 	// authentication on.

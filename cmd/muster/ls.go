@@ -38,8 +38,9 @@ is attached to ("-" for a key without a lease).
 Values that cannot be decoded are skipped and reported on stderr.
 
 With --format, ls reads what another system registered (go-zero, kitex,
-go-kit) for one SERVICE; --namespace then defaults to that format's own
-(none for go-zero and go-kit, kitex/registry-etcd for Kitex).`,
+go-kit, kratos, go-micro) for one SERVICE; --namespace then defaults to that
+format's own (none for go-zero and go-kit, kitex/registry-etcd for Kitex,
+/microservices for Kratos, /micro/registry for go-micro).`,
 		Example: `  muster ls
   muster ls order.rpc
   muster ls --json | jq -r '.[].addr'

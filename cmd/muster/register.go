@@ -67,7 +67,7 @@ lease expires, --ttl after the last keepalive.`,
 	f.StringVar(&o.zone, "zone", "", "failure domain of the instance, e.g. eu-1a")
 	f.StringVar(&o.version, "version", "", "version of the software the instance runs")
 	f.StringArrayVar(&o.tags, "tag", nil, "label `key=value`; repeat for more tags")
-	f.StringArrayVar(&o.also, "also", nil, "also publish in another system's format, `FORMAT[:KEY]` (go-zero, kitex, go-kit; e.g. go-zero:dev/order.rpc); repeatable")
+	f.StringArrayVar(&o.also, "also", nil, "also publish in another system's format, `FORMAT[:KEY]` (go-zero, kitex, go-kit, kratos, go-micro; e.g. go-zero:dev/order.rpc); repeatable")
 	f.DurationVar(&o.ttl, "ttl", registry.DefaultTTL, fmt.Sprintf("lease TTL: how long the endpoint outlives this process if it dies; whole seconds, at least %v", registry.MinTTL))
 	return cmd
 }
