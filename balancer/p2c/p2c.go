@@ -4,7 +4,8 @@
 //
 // The latency estimate of an endpoint jumps to any sample above it at once
 // (a slow instance is noticed on its first slow answer) and decays towards
-// lower samples gradually, with a configurable time constant. A failure that
+// lower samples gradually: over decay/10 (1s by default) while the endpoint
+// is in use, over decay (10s) towards zero while it is not picked. A failure that
 // says the instance is in trouble (Unavailable, ResourceExhausted,
 // DeadlineExceeded, Internal) counts as a sample of at least failurePenalty.
 // An endpoint that loses a comparison and has not been picked for
@@ -69,9 +70,10 @@ func init() {
 type Config struct {
 	serviceconfig.LoadBalancingConfig `json:"-"`
 
-	// Decay is the time constant of the latency estimate: after a latency
-	// drop, the estimate has moved 63% of the way down after Decay.
-	// Default 10s.
+	// Decay is the time constant of the latency estimate of an endpoint
+	// that is not picked (it decays towards zero, so the endpoint is tried
+	// again); samples of an endpoint in use average over Decay/10. A
+	// sample above the estimate replaces it at once. Default 10s.
 	Decay lbutil.Duration `json:"decay,omitempty"`
 	// FailurePenalty is the latency a failure that says the instance is in
 	// trouble counts as, at least. Default 1s.
@@ -276,6 +278,15 @@ func median(v []float64) float64 {
 	return (v[len(v)/2-1] + v[len(v)/2]) / 2
 }
 
+// sampleDecayFactor makes the samples of an endpoint in use average over
+// a tenth of the decay time (1s by default), while an endpoint left alone
+// decays over the whole of it: one hiccup (a connection's first calls, a
+// garbage collection) then fades from a busy endpoint's estimate in about a
+// second instead of making it look slow for ten, which let a truly slow
+// peer win picks back (bench/cmd/balance, "slow" scenario: 1-2% of the
+// RPCs to the slow backend before, the 0.2-0.4% probe floor after).
+const sampleDecayFactor = 10
+
 // tieMargin is how much lower one cost must be than the other to win.
 const tieMargin = 0.2
 
@@ -295,6 +306,7 @@ type stats struct {
 	pending  atomic.Int64 // RPCs in flight
 	lastPick atomic.Int64 // clock() of the last pick, to a millisecond or so
 	counters lbutil.Counters
+	_        [24]byte // to 64 bytes: endpoints do not share a cache line
 }
 
 func pack(costUs float64, ms uint32) uint64 {
@@ -344,6 +356,9 @@ func (s *stats) observe(sampleUs float64, now int64, invDecay float64) {
 		cost, ms := unpack(old)
 		next := sampleUs
 		if sampleUs < cost {
+			if nowMs == ms {
+				return // no time has passed: the weight of the sample is 0
+			}
 			w := math.Exp(-float64(nowMs-ms) * invDecay)
 			next = cost*w + sampleUs*(1-w)
 		}
@@ -371,8 +386,11 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	m := &p.members[0]
 	probe := false
 	if n := len(p.members); n > 1 {
-		i := rand.IntN(n)
-		j := rand.IntN(n - 1)
+		// Two distinct indexes from one random draw: each half, scaled
+		// by a multiply and a shift.
+		r := rand.Uint64()
+		i := int((r >> 32) * uint64(n) >> 32)
+		j := int((r & 0xffffffff) * uint64(n-1) >> 32)
 		if j >= i {
 			j++
 		}
@@ -460,7 +478,7 @@ func (c *call) finish(info balancer.DoneInfo) {
 	case observe && probe:
 		s.replace(sample, now)
 	case observe:
-		s.observe(sample, now, p.invDecay)
+		s.observe(sample, now, p.invDecay*sampleDecayFactor)
 	}
 	if childDone != nil {
 		childDone(info)
