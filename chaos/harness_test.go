@@ -68,7 +68,7 @@ type env struct {
 	groups   map[string][]*faultproxy.Proxy // group -> one proxy per member, in member order
 	order    []string                       // group names, in creation order
 	backends []*backend
-	clients  []*cut
+	clients  []*clientRun
 	nextID   int
 
 	faultStart, faultEnd time.Time
@@ -77,8 +77,8 @@ type env struct {
 // serversGroup is the proxy group of the backends.
 const serversGroup = "servers"
 
-// cut is a client under test with its name and logs.
-type cut struct {
+// clientRun is a client under test with its name, proxy group and logs.
+type clientRun struct {
 	name  string
 	group string // its proxy group
 	ClientUnderTest
@@ -281,7 +281,7 @@ func (e *env) startBackend() *backend {
 	e.mu.Unlock()
 	name := fmt.Sprintf("b%d", i)
 	logs := &logSink{}
-	srv, err := muster.NewServer(e.backendConfig(i), muster.WithoutSignals(), muster.WithLogger(slog.New(logs.handler(name))))
+	srv, err := muster.NewServer(e.backendConfig(i), muster.WithoutSignals(), muster.WithLogger(slog.New(logs.handler())))
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -429,11 +429,11 @@ func (e *env) startClients(n int) {
 		logs := &logSink{}
 		name := fmt.Sprintf("%s-c%d", e.p.maker.Name, i)
 		group := fmt.Sprintf("c%d", i)
-		c, err := e.p.maker.New(e.hosts(group, i), service, i, slog.New(logs.handler(name)))
+		c, err := e.p.maker.New(e.hosts(group, i), service, i, slog.New(logs.handler()))
 		if err != nil {
 			e.t.Fatal(err)
 		}
-		cl := &cut{name: name, group: group, ClientUnderTest: c, logs: logs}
+		cl := &clientRun{name: name, group: group, ClientUnderTest: c, logs: logs}
 		e.mu.Lock()
 		e.clients = append(e.clients, cl)
 		e.mu.Unlock()
@@ -465,7 +465,7 @@ func (e *env) waitServed() {
 	}
 }
 
-func (e *env) clientList() []*cut {
+func (e *env) clientList() []*clientRun {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return slices.Clone(e.clients)
@@ -920,7 +920,7 @@ func newLoad() *load {
 	return &load{stop: make(chan struct{}), served: map[string]map[string]int64{}}
 }
 
-func (l *load) start(c *cut, workers int) {
+func (l *load) start(c *clientRun, workers int) {
 	l.mu.Lock()
 	l.served[c.name] = map[string]int64{}
 	l.mu.Unlock()
@@ -1016,7 +1016,7 @@ func (s *logSink) String(since time.Time) string {
 	return b.String()
 }
 
-func (s *logSink) handler(name string) slog.Handler { return &sinkHandler{sink: s} }
+func (s *logSink) handler() slog.Handler { return &sinkHandler{sink: s} }
 
 // writer returns an io.Writer that records every line written.
 func (s *logSink) writer() *lineWriter { return &lineWriter{sink: s} }
