@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/mustersd/muster/bench/internal/benchenv"
 	"io"
 	"net/url"
 	"os"
@@ -125,7 +126,7 @@ func measure(ctx context.Context, cfg config, send func(message) error) (message
 	if err != nil {
 		return message{}, err
 	}
-	cpu0, err := cpuTime()
+	cpu0, err := benchenv.CPUTime()
 	if err != nil {
 		return message{}, err
 	}
@@ -151,7 +152,7 @@ func measure(ctx context.Context, cfg config, send func(message) error) (message
 		return message{}, err
 	}
 	wall := time.Since(start)
-	cpu1, err := cpuTime()
+	cpu1, err := benchenv.CPUTime()
 	if err != nil {
 		return message{}, err
 	}
@@ -160,7 +161,7 @@ func measure(ctx context.Context, cfg config, send func(message) error) (message
 	if err != nil {
 		return message{}, err
 	}
-	cpuA, err := cpuTime()
+	cpuA, err := benchenv.CPUTime()
 	if err != nil {
 		return message{}, err
 	}
@@ -178,7 +179,7 @@ func measure(ctx context.Context, cfg config, send func(message) error) (message
 	case <-ctx.Done():
 		return message{}, fmt.Errorf("keepalive window: %w", ctx.Err())
 	}
-	cpuB, err := cpuTime()
+	cpuB, err := benchenv.CPUTime()
 	if err != nil {
 		return message{}, err
 	}
@@ -193,7 +194,7 @@ func measure(ctx context.Context, cfg config, send func(message) error) (message
 		return message{}, fmt.Errorf("after the %v keepalive window etcd holds %d keys under %q, want %d: keepalives failed", cfg.window, nEnd, prefix, cfg.n)
 	}
 	runtime.GC()
-	rss2, err := rssBytes()
+	rss2, err := benchenv.RSSBytes()
 	if err != nil {
 		return message{}, err
 	}
@@ -209,7 +210,7 @@ func baseline() (rss, heap int64, goroutines int, err error) {
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	rss, err = rssBytes()
+	rss, err = benchenv.RSSBytes()
 	return rss, int64(ms.HeapInuse), runtime.NumGoroutine(), err
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/mustersd/muster/bench/internal/benchenv"
 	"io"
 	"os"
 	"os/exec"
@@ -56,7 +57,7 @@ func runParent(ctx context.Context, cfg config) error {
 	fmt.Printf("host: %s %s/%s, %d CPUs, GOMAXPROCS %d\n", runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0))
 	fmt.Printf("modules: %s\n", moduleVersions())
 	fmt.Printf("etcd: embedded single node, fresh per system, fsync on, default timings; data in %s\n", cfg.dir)
-	fmt.Printf("disk: %s; before: %s\n\n", diskInfo(cfg.dir), fsyncProbe(cfg.dir))
+	fmt.Printf("disk: %s; before: %s\n\n", benchenv.DiskInfo(cfg.dir), benchenv.FsyncProbe(cfg.dir))
 
 	var results []result
 	for _, sys := range cfg.systems {
@@ -88,7 +89,7 @@ func runParent(ctx context.Context, cfg config) error {
 		}
 	}
 	printTables(os.Stdout, cfg, results)
-	fmt.Printf("disk after: %s\n", fsyncProbe(cfg.dir))
+	fmt.Printf("disk after: %s\n", benchenv.FsyncProbe(cfg.dir))
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -112,26 +113,26 @@ func runSystem(ctx context.Context, cfg config, exe, sys string) (res result) {
 		res.err = err
 		return res
 	}
-	e, err := startEtcd(ctx, cfg.dir)
+	e, err := benchenv.StartEtcd(ctx, cfg.dir)
 	if err != nil {
 		return fail(err)
 	}
 	defer func() {
-		if err := e.stop(); err != nil && res.err == nil {
+		if err := e.Stop(); err != nil && res.err == nil {
 			res.err = err
 		}
 	}()
-	cli, err := newClient(e.url)
+	cli, err := newClient(e.URL)
 	if err != nil {
 		return fail(err)
 	}
 	defer cli.Close()
 
-	w0, err := metric(watcherMetric)
+	w0, err := benchenv.Metric(watcherMetric)
 	if err != nil {
 		return fail(err)
 	}
-	cpu0, err := cpuTime()
+	cpu0, err := benchenv.CPUTime()
 	if err != nil {
 		return fail(err)
 	}
@@ -141,7 +142,7 @@ func runSystem(ctx context.Context, cfg config, exe, sys string) (res result) {
 		left = time.Until(d)
 	}
 	cmd := exec.CommandContext(ctx, exe,
-		"-system", sys, "-etcd", e.url,
+		"-system", sys, "-etcd", e.URL,
 		"-n", strconv.Itoa(cfg.n), "-concurrency", strconv.Itoa(cfg.concurrency),
 		"-keepalive-window", cfg.window.String(), "-ttl", cfg.ttl.String(),
 		"-timeout", left.String(),
@@ -199,12 +200,12 @@ func runSystem(ctx context.Context, cfg config, exe, sys string) (res result) {
 	if err != nil {
 		return fail(err)
 	}
-	cpu1, err := cpuTime()
+	cpu1, err := benchenv.CPUTime()
 	if err != nil {
 		wait()
 		return fail(err)
 	}
-	renew1, err := metric(renewedMetric)
+	renew1, err := benchenv.Metric(renewedMetric)
 	if err != nil {
 		wait()
 		return fail(err)
@@ -216,17 +217,17 @@ func runSystem(ctx context.Context, cfg config, exe, sys string) (res result) {
 	if err != nil {
 		return fail(err)
 	}
-	cpu2, err := cpuTime()
+	cpu2, err := benchenv.CPUTime()
 	if err != nil {
 		wait()
 		return fail(err)
 	}
-	renew2, err := metric(renewedMetric)
+	renew2, err := benchenv.Metric(renewedMetric)
 	if err != nil {
 		wait()
 		return fail(err)
 	}
-	w2, err := metric(watcherMetric)
+	w2, err := benchenv.Metric(watcherMetric)
 	if err != nil {
 		wait()
 		return fail(err)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/mustersd/muster/bench/internal/benchenv"
 	"io"
 	"net/url"
 	"os"
@@ -298,7 +299,7 @@ func measure(ctx context.Context, cfg config, send func(message) error, goAhead 
 			return message{}, err
 		}
 	}
-	cpu0, err := cpuTime()
+	cpu0, err := benchenv.CPUTime()
 	if err != nil {
 		return message{}, err
 	}
@@ -343,7 +344,7 @@ func measure(ctx context.Context, cfg config, send func(message) error, goAhead 
 			return message{}, err
 		}
 	}
-	cpu1, err := cpuTime()
+	cpu1, err := benchenv.CPUTime()
 	if err != nil {
 		return message{}, err
 	}
@@ -433,7 +434,7 @@ func baseline() (rss, heap int64, goroutines int, err error) {
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	rss, err = rssBytes()
+	rss, err = benchenv.RSSBytes()
 	return rss, int64(ms.HeapAlloc), runtime.NumGoroutine(), err
 }
 

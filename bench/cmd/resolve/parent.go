@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/mustersd/muster/bench/internal/benchenv"
 	"io"
 	"math"
 	"os"
@@ -55,18 +56,18 @@ func runParent(ctx context.Context, cfg config) error {
 	fmt.Printf("host: %s %s/%s, %d CPUs, GOMAXPROCS %d\n", runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0))
 	fmt.Printf("modules: %s\n", moduleVersions())
 	fmt.Printf("etcd: one embedded single node for the whole run, fsync on, default timings; data in %s\n", cfg.dir)
-	fmt.Printf("disk: %s; %s\n\n", diskInfo(cfg.dir), fsyncProbe(cfg.dir))
+	fmt.Printf("disk: %s; %s\n\n", benchenv.DiskInfo(cfg.dir), benchenv.FsyncProbe(cfg.dir))
 
-	e, err := startEtcd(ctx, cfg.dir)
+	e, err := benchenv.StartEtcd(ctx, cfg.dir)
 	if err != nil {
 		return err
 	}
 	defer func() {
-		if err := e.stop(); err != nil {
+		if err := e.Stop(); err != nil {
 			fmt.Fprintf(os.Stderr, "resolve: %v\n", err)
 		}
 	}()
-	cli, err := newClient(e.url)
+	cli, err := newClient(e.URL)
 	if err != nil {
 		return err
 	}
@@ -74,7 +75,7 @@ func runParent(ctx context.Context, cfg config) error {
 	if err := warmUp(ctx, cli); err != nil {
 		return err
 	}
-	base, err := metric(watcherMetric)
+	base, err := benchenv.Metric(watcherMetric)
 	if err != nil {
 		return err
 	}
@@ -86,7 +87,7 @@ func runParent(ctx context.Context, cfg config) error {
 				break
 			}
 			fmt.Fprintf(os.Stderr, "resolve: running %s with N=%d ...\n", sys, n)
-			r := runSystem(ctx, cfg, exe, e.url, cli, base, sys, n)
+			r := runSystem(ctx, cfg, exe, e.URL, cli, base, sys, n)
 			if r.err != nil {
 				fmt.Fprintf(os.Stderr, "resolve: %s N=%d failed: %v\n", sys, n, r.err)
 			}
@@ -147,7 +148,7 @@ func runSystem(ctx context.Context, cfg config, exe, etcdURL string, cli *client
 	// that, so that each child starts from the same count.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		w, err := metric(watcherMetric)
+		w, err := benchenv.Metric(watcherMetric)
 		if err != nil {
 			return fail(err)
 		}
@@ -156,11 +157,11 @@ func runSystem(ctx context.Context, cfg config, exe, etcdURL string, cli *client
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	w0, err := metric(watcherMetric)
+	w0, err := benchenv.Metric(watcherMetric)
 	if err != nil {
 		return fail(err)
 	}
-	s0, err := metric(streamMetric)
+	s0, err := benchenv.Metric(streamMetric)
 	if err != nil {
 		return fail(err)
 	}
@@ -231,12 +232,12 @@ func runSystem(ctx context.Context, cfg config, exe, etcdURL string, cli *client
 	if err != nil {
 		return fail(err)
 	}
-	w1, err := metric(watcherMetric)
+	w1, err := benchenv.Metric(watcherMetric)
 	if err != nil {
 		wait()
 		return fail(err)
 	}
-	s1, err := metric(streamMetric)
+	s1, err := benchenv.Metric(streamMetric)
 	if err != nil {
 		wait()
 		return fail(err)

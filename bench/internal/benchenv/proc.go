@@ -1,4 +1,4 @@
-package main
+package benchenv
 
 import (
 	"bufio"
@@ -15,8 +15,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// rssBytes returns the resident set size of this process (VmRSS).
-func rssBytes() (int64, error) {
+// RSSBytes returns the resident set size of this process (VmRSS).
+func RSSBytes() (int64, error) {
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		return 0, fmt.Errorf("read RSS: %w (the benchmark needs Linux /proc)", err)
@@ -39,8 +39,8 @@ func rssBytes() (int64, error) {
 	return 0, fmt.Errorf("read RSS: no VmRSS in /proc/self/status")
 }
 
-// cpuTime returns the user+system CPU time this process has used so far.
-func cpuTime() (time.Duration, error) {
+// CPUTime returns the user+system CPU time this process has used so far.
+func CPUTime() (time.Duration, error) {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0, fmt.Errorf("getrusage: %w", err)
@@ -48,18 +48,18 @@ func cpuTime() (time.Duration, error) {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
 }
 
-// diskInfo names the file system dir is on.
-func diskInfo(dir string) string {
+// DiskInfo names the file system dir is on.
+func DiskInfo(dir string) string {
 	if dev, mnt, typ, ok := mountOf(dir); ok {
 		return fmt.Sprintf("%s on %s (%s)", typ, dev, mnt)
 	}
 	return "unknown file system"
 }
 
-// fsyncProbe reports how long an fdatasync of a 4 KiB write takes in dir
+// FsyncProbe reports how long an fdatasync of a 4 KiB write takes in dir
 // (median and 99th percentile of 200), which bounds how fast etcd commits
 // with fsync on.
-func fsyncProbe(dir string) string {
+func FsyncProbe(dir string) string {
 	f, err := os.CreateTemp(dir, "fsync-probe-*")
 	if err != nil {
 		return "fdatasync probe failed: " + err.Error()

@@ -1,4 +1,7 @@
-package main
+// Package benchenv holds what the benchmark programs share: an embedded
+// single-node etcd with production timings, its metrics, and readings of
+// the process (RSS, CPU time) and of the disk.
+package benchenv
 
 import (
 	"context"
@@ -16,20 +19,20 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// embedded is one fresh single-node etcd running in this process.
-type embedded struct {
+// Etcd is one fresh single-node etcd running in this process.
+type Etcd struct {
 	etcd *embed.Etcd
 	dir  string
-	url  string
+	URL  string
 	logs *logTail
 }
 
-// startEtcd starts a single-node etcd with a fresh data dir under parent,
+// StartEtcd starts a single-node etcd with a fresh data dir under parent,
 // listening on loopback only. It keeps etcd's defaults (fsync on, 100 ms
 // heartbeat, 1 s election, 128 ops per txn, snapshot every 10,000 entries)
 // and its logs quiet: only warnings and errors are kept, to be shown if the
 // start fails.
-func startEtcd(ctx context.Context, parent string) (*embedded, error) {
+func StartEtcd(ctx context.Context, parent string) (*Etcd, error) {
 	dir, err := os.MkdirTemp(parent, "muster-bench-etcd-*")
 	if err != nil {
 		return nil, fmt.Errorf("etcd data dir: %w", err)
@@ -63,28 +66,28 @@ func startEtcd(ctx context.Context, parent string) (*embedded, error) {
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		os.RemoveAll(dir)
-		return nil, fmt.Errorf("start embedded etcd: %w\n%s", err, logs)
+		return nil, fmt.Errorf("start Etcd etcd: %w\n%s", err, logs)
 	}
 	select {
 	case <-e.Server.ReadyNotify():
 	case err := <-e.Err():
 		e.Close()
 		os.RemoveAll(dir)
-		return nil, fmt.Errorf("embedded etcd failed: %w\n%s", err, logs)
+		return nil, fmt.Errorf("Etcd etcd failed: %w\n%s", err, logs)
 	case <-time.After(30 * time.Second):
 		e.Close()
 		os.RemoveAll(dir)
-		return nil, fmt.Errorf("embedded etcd not ready after 30s\n%s", logs)
+		return nil, fmt.Errorf("Etcd etcd not ready after 30s\n%s", logs)
 	case <-ctx.Done():
 		e.Close()
 		os.RemoveAll(dir)
 		return nil, ctx.Err()
 	}
-	return &embedded{etcd: e, dir: dir, url: client.String(), logs: logs}, nil
+	return &Etcd{etcd: e, dir: dir, URL: client.String(), logs: logs}, nil
 }
 
-// stop closes etcd and removes its data dir.
-func (m *embedded) stop() error {
+// Stop closes etcd and removes its data dir.
+func (m *Etcd) Stop() error {
 	done := make(chan struct{})
 	go func() {
 		m.etcd.Close()
@@ -93,7 +96,7 @@ func (m *embedded) stop() error {
 	select {
 	case <-done:
 	case <-time.After(30 * time.Second):
-		return fmt.Errorf("embedded etcd did not stop within 30s")
+		return fmt.Errorf("Etcd etcd did not stop within 30s")
 	}
 	if err := os.RemoveAll(m.dir); err != nil {
 		return fmt.Errorf("remove etcd data dir: %w", err)
@@ -121,9 +124,9 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-// metric returns the sum of the values of the named gauge or counter in
+// Metric returns the sum of the values of the named gauge or counter in
 // prometheus.DefaultGatherer, where the embedded etcd registers its metrics.
-func metric(name string) (float64, error) {
+func Metric(name string) (float64, error) {
 	mfs, err := prometheus.DefaultGatherer.Gather()
 	if err != nil {
 		return 0, fmt.Errorf("gather metrics: %w", err)
