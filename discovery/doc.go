@@ -1,9 +1,12 @@
 // Package discovery turns the keys under an etcd prefix into a stream of
 // immutable endpoint snapshots.
 //
-// A Watcher lists its prefix at revision R and watches from R+1, so no event
-// is lost between the two; after a compaction or any watch error it lists
-// again and publishes the difference. It never gives up, and an error never
+// A Watcher opens its watch at etcd's current revision, on a gRPC stream of
+// its own, and lists the prefix once etcd has confirmed the watch: the list's
+// revision is at or after the watch's start, so no event is lost between the
+// two, and events already in the list are skipped. A watch that stops
+// answering progress requests is replaced. After a compaction or any watch
+// error it lists again and publishes the difference. It never gives up, and an error never
 // empties the set: while etcd is unreachable the last good snapshot stays in
 // force and subscribers are told about the error beside it. Malformed values
 // are skipped, logged once per key and counted; the good endpoints beside them

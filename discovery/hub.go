@@ -78,11 +78,11 @@ func (h *watcherHub) release(w *Watcher) {
 // liveness tracks whether a client is in touch with etcd. One prober per
 // client suffices: every response on any of the client's watches counts, and
 // when they have all been quiet for probeAfter it sends a probe, a
-// serializable count-only read that a live member answers locally. (Progress
-// requests on the watch stream would be more direct, but etcd answers them
-// only while every watcher's start revision is at or below its store
-// revision, which is never the case for a watch resumed at last+1 in an idle
-// store.) A member that lost its leader is caught by WithRequireLeader.
+// serializable count-only read that a live member answers locally. It covers
+// the client's connection as a whole; each Watcher also probes its own watch
+// stream with progress requests (see Watcher.follow), since a member can
+// swallow one stream while answering reads. A member that lost its leader is
+// caught by WithRequireLeader.
 type liveness struct {
 	cli       *clientv3.Client
 	refs      int // under hub.mu

@@ -59,6 +59,9 @@ var (
 	// probeAfter is how long a client's watch stream may stay quiet before
 	// Muster asks etcd for a progress notification on it.
 	probeAfter = time.Second
+	// stallAfter is how long a progress request on a quiet watch may go
+	// unanswered before the watch is taken for stalled and opened again.
+	stallAfter = 2 * time.Second
 	// unreachableAfter is how long a quiet watch stream may go unanswered
 	// before subscribers are told that etcd is unreachable.
 	unreachableAfter = 3 * time.Second

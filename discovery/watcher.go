@@ -7,11 +7,13 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/mustersd/muster/endpoint"
 	"github.com/mustersd/muster/internal/keyfmt"
@@ -261,24 +263,21 @@ func (w *Watcher) apply(key string, value []byte, deleted bool) {
 	w.entries[key] = e
 }
 
-// run lists and watches until the watcher is stopped.
+// run watches and lists until the watcher is stopped.
 func (w *Watcher) run() {
 	defer close(w.done)
 	var backoff time.Duration
 	for {
-		rev, err := w.list()
-		if err == nil {
+		listed, err := w.follow()
+		if w.ctx.Err() != nil {
+			return
+		}
+		if listed {
 			backoff = 0
-			err = w.watch(rev + 1)
-			if w.ctx.Err() != nil {
-				return
-			}
 			metricRestarts.WithLabelValues(w.prefix).Inc()
 			w.log.Info("discovery: watch broke; listing again", "err", err)
-		} else if w.ctx.Err() != nil {
-			return
-		} else {
-			w.setErr(fmt.Errorf("%w: list %s: %v", ErrUnreachable, w.prefix, err))
+		} else if err != nil {
+			w.setErr(fmt.Errorf("%w: %s: %v", ErrUnreachable, w.prefix, err))
 		}
 		backoff = min(max(backoff*2, backoffMin), backoffMax)
 		select {
@@ -314,54 +313,116 @@ func (w *Watcher) list() (int64, error) {
 	return resp.Header.Revision, nil
 }
 
-// watch follows the prefix from rev until the watch breaks or the watcher
-// stops. WithRequireLeader makes a member that lost its leader cancel the
-// watch instead of starving it silently.
-func (w *Watcher) watch(rev int64) error {
+// watchStreams numbers the watch streams of the process.
+var watchStreams atomic.Uint64
+
+// follow watches the prefix, lists it, and applies the watch's events after
+// the list, until the watch breaks or the watcher stops. listed says
+// whether it got as far as the list.
+//
+// The watch is created first, from etcd's current revision, and the list is
+// read once etcd has confirmed it: the list's revision L is then at or
+// after the watch's start, so no event is lost between them, and the
+// watch's events up to L (already in the list) are skipped.
+// WithRequireLeader makes a member that lost its leader cancel the watch
+// instead of starving it silently.
+//
+// A member that stops answering without closing the connection (a
+// partition, a wedged process) would starve it silently too, until gRPC's
+// keepalive gives up on the connection (10s at the least: grpc-go's
+// floor). So the watch has a gRPC stream of its own, and when it has been
+// quiet for probeAfter it asks etcd for a progress notification on that
+// stream; no answer within stallAfter means the stream is stalled, and
+// follow returns so that run watches again on a new stream, which gRPC
+// places on the next member. (etcd answers progress requests only for
+// watches whose start revision it has reached, which a watch from the
+// current revision has; one resumed by clientv3 after a broken stream may
+// not have, and is then replaced the same way.)
+func (w *Watcher) follow() (listed bool, err error) {
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(w.ctx))
 	defer cancel()
+	// A metadata value of its own gives the watch a gRPC stream of its own
+	// (clientv3 shares a stream between watches with equal metadata).
+	ctx = metadata.AppendToOutgoingContext(ctx, "muster-watch-stream", strconv.FormatUint(watchStreams.Add(1), 10))
 	// Watch blocks until etcd accepts the watch, which is forever while etcd
 	// is down: create it aside, so the health checks below keep running.
 	created := make(chan clientv3.WatchChan, 1)
-	go func() { created <- w.cli.Watch(ctx, w.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev)) }()
+	go func() {
+		created <- w.cli.Watch(ctx, w.prefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+	}()
 	var wch clientv3.WatchChan
+	var progress sync.WaitGroup // the progress requests
 	defer func() {
 		cancel()
 		if wch == nil {
 			<-created // returns at once now that ctx is done
 		}
+		progress.Wait()
 	}()
 	tick := time.NewTicker(probeAfter / 2)
 	defer tick.Stop()
+	start := time.Now()
+	listRev := int64(-1) // until the list is read
+	lastMsg := time.Now()
+	var asked time.Time // when progress was requested; zero if not pending
 	for {
 		select {
 		case wch = <-created:
 		case resp, ok := <-wch:
 			if !ok {
-				return errors.New("watch channel closed")
+				return listed, errors.New("watch channel closed")
 			}
 			w.live.heard()
+			lastMsg, asked = time.Now(), time.Time{}
 			if err := resp.Err(); err != nil {
-				return err
+				return listed, err
 			}
 			if resp.Canceled {
-				return errors.New("watch canceled by etcd")
+				return listed, errors.New("watch canceled by etcd")
 			}
-			if resp.IsProgressNotify() {
+			if resp.Created {
+				rev, err := w.list()
+				if err != nil {
+					return false, fmt.Errorf("list: %w", err)
+				}
+				listRev, listed = rev, true
 				continue
 			}
-			for _, ev := range resp.Events {
-				w.apply(string(ev.Kv.Key), ev.Kv.Value, ev.Type == clientv3.EventTypeDelete)
+			if resp.IsProgressNotify() || listRev < 0 {
+				continue
 			}
-			w.publish(resp.Header.Revision)
+			n := 0
+			for _, ev := range resp.Events {
+				if ev.Kv.ModRevision <= listRev {
+					continue // in the list already
+				}
+				w.apply(string(ev.Kv.Key), ev.Kv.Value, ev.Type == clientv3.EventTypeDelete)
+				n++
+			}
+			if n > 0 {
+				w.publish(resp.Header.Revision)
+			}
 		case <-tick.C:
 			if quiet := w.live.quiet(); quiet > unreachableAfter {
 				w.setErr(fmt.Errorf("%w: no answer on the watch of %s for %v", ErrUnreachable, w.prefix, quiet.Round(100*time.Millisecond)))
 			} else if w.current().Err != nil && quiet < probeAfter {
 				w.setErr(nil)
 			}
+			switch {
+			case listRev < 0:
+				if time.Since(start) > probeAfter+stallAfter {
+					return false, fmt.Errorf("watch not created within %v", probeAfter+stallAfter)
+				}
+			case !asked.IsZero() && time.Since(asked) > stallAfter:
+				return listed, fmt.Errorf("watch stream stalled: no answer to a progress request in %v", stallAfter)
+			case asked.IsZero() && time.Since(lastMsg) >= probeAfter:
+				// RequestProgress blocks while clientv3 reconnects the
+				// stream: ask aside.
+				asked = time.Now()
+				progress.Go(func() { _ = w.cli.RequestProgress(ctx) })
+			}
 		case <-w.ctx.Done():
-			return w.ctx.Err()
+			return listed, w.ctx.Err()
 		}
 	}
 }

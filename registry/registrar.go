@@ -36,6 +36,7 @@ type Registrar struct {
 	kick    chan struct{}   // wakes run; capacity 1
 	deleted chan watchEvent // from the watch goroutines to run
 	watchWG sync.WaitGroup  // the watch goroutines
+	kaWG    sync.WaitGroup  // the keepalive goroutines
 
 	mu      sync.Mutex
 	desired map[string]string   // key -> value: what etcd should hold
@@ -256,17 +257,39 @@ func (r *Registrar) Close() error {
 	r.cancel()
 	<-r.done
 	r.watchWG.Wait()
+	r.kaWG.Wait()
 	if r.lease == 0 {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), r.opts.opTimeout)
-	defer cancel()
-	if _, err := r.cli.Revoke(ctx, r.lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+	if err := r.revoke(); err != nil {
 		r.m.errors.WithLabelValues("revoke").Inc()
 		return fmt.Errorf("registry: revoke lease %x: %w", r.lease, err)
 	}
 	r.opts.logger.Info("registry: lease revoked", "lease", fmt.Sprintf("%x", r.lease), "keys", n)
 	return nil
+}
+
+// revoke revokes the lease within opTimeout, in attempts of at most a
+// second each: a member that takes the request and never answers costs one
+// attempt, and the next goes to another member.
+func (r *Registrar) revoke() error {
+	deadline := time.Now().Add(r.opts.opTimeout)
+	for {
+		attempt := time.Now().Add(time.Second)
+		if attempt.After(deadline) {
+			attempt = deadline
+		}
+		ctx, cancel := context.WithDeadline(context.Background(), attempt)
+		_, err := r.cli.Revoke(ctx, r.lease)
+		cancel()
+		if err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return nil
+		}
+		if !time.Now().Before(deadline) {
+			return err
+		}
+		time.Sleep(min(50*time.Millisecond, time.Until(deadline)))
+	}
 }
 
 func identity(e endpoint.Endpoint) string { return e.Service + "/" + e.ID }
@@ -499,12 +522,7 @@ func (r *Registrar) grant() error {
 		return fmt.Errorf("grant lease: %w", err)
 	}
 	kaCtx, kaStop := context.WithCancel(r.ctx)
-	ch, err := r.cli.KeepAlive(kaCtx, resp.ID)
-	if err != nil {
-		kaStop()
-		r.m.errors.WithLabelValues("grant").Inc()
-		return fmt.Errorf("keep lease %x alive: %w", resp.ID, err)
-	}
+	ch := r.keepAlive(kaCtx, resp.ID, time.Duration(resp.TTL)*time.Second)
 	r.lease, r.kaCh, r.kaStop = resp.ID, ch, kaStop
 	r.m.grants.Inc()
 	r.mu.Lock()
@@ -524,6 +542,57 @@ func (r *Registrar) grant() error {
 		}
 	})
 	return nil
+}
+
+// keepAlive renews the lease every third of its TTL until ctx ends. Each
+// renewal is a KeepAliveOnce on a stream of its own, bounded by a short
+// timeout and retried at once: a member that takes requests and never
+// answers (partitioned from this client, or wedged) costs one attempt, and
+// the next attempt's stream goes to another member. clientv3's KeepAlive
+// keeps one stream for all leases instead, which stays on such a member
+// until gRPC's keepalive gives up on the connection (10s + 3s with
+// etcdclient's settings): longer than the TTL, so the lease expired. The
+// channel gets every renewal (latest wins) and is closed when etcd says the
+// lease is gone, or when no renewal succeeded within the TTL.
+func (r *Registrar) keepAlive(ctx context.Context, id clientv3.LeaseID, ttl time.Duration) <-chan *clientv3.LeaseKeepAliveResponse {
+	ch := make(chan *clientv3.LeaseKeepAliveResponse, 1)
+	attempt := min(max(ttl/5, 400*time.Millisecond), 2*time.Second)
+	r.kaWG.Add(1)
+	go func() {
+		defer r.kaWG.Done()
+		defer close(ch)
+		deadline := time.Now().Add(ttl)
+		timer := time.NewTimer(ttl / 3)
+		defer timer.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-timer.C:
+			}
+			actx, cancel := context.WithTimeout(ctx, attempt)
+			resp, err := r.cli.KeepAliveOnce(actx, id)
+			cancel()
+			switch {
+			case err == nil:
+				deadline = time.Now().Add(time.Duration(resp.TTL) * time.Second)
+				select {
+				case <-ch:
+				default:
+				}
+				ch <- resp
+				timer.Reset(ttl / 3)
+			case ctx.Err() != nil, errors.Is(err, rpctypes.ErrLeaseNotFound):
+				return
+			case time.Now().After(deadline):
+				return // the lease has expired by now
+			default:
+				r.m.errors.WithLabelValues("keepalive").Inc()
+				timer.Reset(50 * time.Millisecond)
+			}
+		}
+	}()
+	return ch
 }
 
 // loseLease forgets the current lease; the next step grants a new one and
