@@ -27,6 +27,8 @@ import (
 
 	"github.com/mustersd/muster"
 	"github.com/mustersd/muster/internal/echo"
+	"github.com/mustersd/muster/internal/etcdclient"
+	"github.com/mustersd/muster/ui"
 )
 
 const (
@@ -54,6 +56,7 @@ type demoOptions struct {
 	healthCheck bool
 	balancer    string
 	metricsAddr string
+	uiAddr      string
 	static      bool
 }
 
@@ -80,6 +83,11 @@ GracefulStop), a replacement starts on a new port, and once the replacement
 has served a request the next backend follows. The demo runs for
 --duration, and longer if the restart needs it: it ends at least a quarter
 of --duration after the last replacement took its first request.
+
+The dashboard (see 'muster ui') shows the backends come and go, with live
+charts of each backend's requests a second, errors and p50/p99 latency; its
+URL is printed at the start (--ui-addr, by default http://127.0.0.1:8700/,
+or another free port if that one is taken; not with --static).
 
 It ends with a summary; the exit code is 0 if no request failed, 1
 otherwise. Ctrl-C ends it early, with the summary. The global etcd flags
@@ -114,6 +122,7 @@ stops.`,
 	f.BoolVar(&o.healthCheck, "health-check", true, "client-side health checking, as muster.NewClient does; false: the same balancer without it, so that only the key leaving etcd takes a stopping backend out of rotation")
 	f.StringVar(&o.balancer, "balancer", muster.DefaultBalancer, "the client's load-balancing policy: muster_p2c, muster_weighted, round_robin or pick_first")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "127.0.0.1:0", "host:port to serve Prometheus metrics on at /metrics, or 'off'")
+	f.StringVar(&o.uiAddr, "ui-addr", defaultUIAddr, "host:port to serve the dashboard on, or 'off'")
 	f.BoolVar(&o.static, "static", false, "without etcd: the client gets the backends' addresses as a fixed list (Config.Endpoints), and each replacement comes back on its predecessor's address")
 	return cmd
 }
@@ -151,6 +160,11 @@ func (o demoOptions) validate() error {
 		return usageErrorf("--timeout %v: want more than 0", o.timeout)
 	case o.latency < 0 || o.latency >= o.timeout/2:
 		return usageErrorf("--latency %v: want 0 or more and less than half --timeout (%v)", o.latency, o.timeout)
+	}
+	if o.uiAddr != uiOff {
+		if _, _, err := parseUIAddr("--ui-addr", o.uiAddr); err != nil {
+			return err
+		}
 	}
 	if err := (muster.Config{Balancer: o.balancer}).Validate(); err != nil {
 		return usageErrorf("--balancer %q: want muster_p2c, muster_weighted, round_robin or pick_first", o.balancer)
@@ -253,6 +267,19 @@ func (a *app) demo(ctx context.Context, o demoOptions, logger *slog.Logger) erro
 		}
 		defer ms.close()
 		out.printf("demo: metrics at %s\n", ms.url)
+	}
+	if o.uiAddr != uiOff && !o.static {
+		cli, err := etcdclient.New(etcdclient.Config{Endpoints: []string{etcdAddr}, DialTimeout: a.global.dialTimeout})
+		if err != nil {
+			return demoErr("dashboard: %v", err)
+		}
+		defer cli.Close()
+		us, err := a.serveUI(cli, "--ui-addr", o.uiAddr, o.uiAddr == defaultUIAddr, reg, ui.WithStats(demoUIStats{stats}))
+		if err != nil {
+			return err
+		}
+		defer us.close()
+		out.printf("demo: dashboard at %s\n", us.url)
 	}
 
 	d := &demoRun{
@@ -401,8 +428,15 @@ func (a *app) startDemoEtcd(ctx context.Context) (addr, dir string, stop func(),
 		removeDir()
 		return "", "", nil, fmt.Errorf("etcd log: %w", err)
 	}
+	// etcd advertises the client address it is given: pick the port first,
+	// so that its member list (shown on the dashboard) names a real one.
 	const free = "127.0.0.1:0"
-	cfg := devConfig(dir, devAddrs{listen: free, peer: free, advertise: free, advertPeer: free}, lg)
+	client := free
+	if l, err := net.Listen("tcp", free); err == nil {
+		client = l.Addr().String()
+		l.Close()
+	}
+	cfg := devConfig(dir, devAddrs{listen: client, peer: free, advertise: client, advertPeer: free}, lg)
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		closeLog()

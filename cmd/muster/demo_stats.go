@@ -117,6 +117,13 @@ type demoStats struct {
 	all      backendStats
 	allHist  latencyHist // successful requests of the whole run
 	failed   map[failureKey]int64
+
+	// The last table, for the dashboard: its rows, how long its window
+	// lasted, and whether lastTable has returned it already.
+	last       []demoRow
+	lastWindow time.Duration
+	lastTaken  bool
+	rotatedAt  time.Time
 }
 
 // newDemoStats returns empty stats whose collectors are registered with reg.
@@ -135,11 +142,13 @@ func newDemoStats(reg prometheus.Registerer) *demoStats {
 			Help:    "Latency of the demo's requests, failed ones included.",
 			Buckets: prometheus.ExponentialBuckets(100e-6, 2.5, 12), // 100µs .. 2.4s
 		}),
-		byLabel: map[string]*backendStats{},
-		byAddr:  map[string]*backendStats{},
-		none:    backendStats{label: "-"},
-		all:     backendStats{label: "all"},
-		failed:  map[failureKey]int64{},
+		byLabel:   map[string]*backendStats{},
+		byAddr:    map[string]*backendStats{},
+		none:      backendStats{label: "-"},
+		all:       backendStats{label: "all"},
+		failed:    map[failureKey]int64{},
+		rotatedAt: time.Now(),
+		lastTaken: true,
 	}
 	reg.MustRegister(s.requests, s.failures, s.latency)
 	return s
@@ -246,7 +255,21 @@ func (s *demoStats) rotate() []demoRow {
 		b.window.reset()
 		b.windowReqs = 0
 	}
+	now := time.Now()
+	s.last, s.lastWindow, s.lastTaken, s.rotatedAt = rows, now.Sub(s.rotatedAt), false, now
 	return rows
+}
+
+// lastTable returns the rows of the last window rotate ended and how long
+// that window lasted, once: ok is false if it has been returned already.
+func (s *demoStats) lastTable() (rows []demoRow, window time.Duration, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lastTaken {
+		return nil, 0, false
+	}
+	s.lastTaken = true
+	return s.last, s.lastWindow, true
 }
 
 // summary returns the outcome of the run so far.

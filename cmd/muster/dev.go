@@ -50,6 +50,7 @@ type devOptions struct {
 	listen      string
 	peerListen  string
 	metricsAddr string
+	uiAddr      string
 	// hooks run beside etcd once it is ready; see devHook.
 	hooks []devHook
 }
@@ -99,7 +100,11 @@ Muster's Prometheus metrics (the endpoints registered in the namespace, as
 Muster's discovery sees them, and the Go runtime's) are served at
 /metrics on --metrics-addr, by default the client port + 2
 (http://127.0.0.1:2381/metrics); 'off' turns them off. etcd serves its own
-metrics at /metrics on its client port.`,
+metrics at /metrics on its client port.
+
+The dashboard (see 'muster ui') is served on --ui-addr, by default
+http://127.0.0.1:8700/ (another free port if that one is taken); 'off' turns
+it off.`,
 		Example: `  muster dev
   muster dev --listen 127.0.0.1:23790 --data-dir ./tmp/etcd`,
 		Args: cobra.NoArgs,
@@ -112,6 +117,7 @@ metrics at /metrics on its client port.`,
 	f.StringVar(&o.listen, "listen", defaultDevListen, "host:port to serve etcd's clients on")
 	f.StringVar(&o.peerListen, "peer-listen", "", "host:port of etcd's peer listener (default the --listen port + 1)")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "host:port to serve Prometheus metrics on at /metrics, or 'off' (default the --listen port + 2)")
+	f.StringVar(&o.uiAddr, "ui-addr", defaultUIAddr, "host:port to serve the dashboard on, or 'off'")
 	return cmd
 }
 
@@ -215,6 +221,11 @@ func (a *app) dev(ctx context.Context, o devOptions) error {
 	if err != nil {
 		return err
 	}
+	if o.uiAddr != uiOff {
+		if _, _, err := parseUIAddr("--ui-addr", o.uiAddr); err != nil {
+			return err
+		}
+	}
 	dir := o.dataDir
 	if dir == "" {
 		dir = defaultDevDataDir()
@@ -300,6 +311,11 @@ func (a *app) dev(ctx context.Context, o devOptions) error {
 	printDevHelp(a.stdout, addrs.advertise, logPath)
 
 	hooks := o.hooks
+	if o.uiAddr != uiOff {
+		// The default address falls back to a free port: a second dev, or
+		// a 'muster ui', may hold it.
+		hooks = append([]devHook{a.devUI(o.uiAddr, o.uiAddr == defaultUIAddr)}, hooks...)
+	}
 	if addrs.metrics != "" {
 		hooks = append([]devHook{a.devMetrics(addrs.metrics)}, hooks...)
 	}

@@ -251,7 +251,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"register", "svc", "127.0.0.1:1", "--tag", "canary"}, `muster register: tag "canary": want key=value`},
 		{[]string{"ls", "--bogus"}, "muster ls: unknown flag: --bogus"},
 		{[]string{"ls", "a", "b"}, "muster ls: accepts at most 1 arg(s)"},
-		{[]string{"lss"}, `muster: unknown command "lss" for "muster"; did you mean ls?`},
+		{[]string{"lss"}, `muster: unknown command "lss" for "muster"; did you mean ls or xds?`},
 		{[]string{"dev", "--listen", "nope"}, `muster dev: --listen "nope": want host:port`},
 		{[]string{"ls", "--dial-timeout", "0s"}, "muster ls: --dial-timeout 0s: must be positive"},
 	} {

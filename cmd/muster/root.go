@@ -198,7 +198,7 @@ MUSTER_KEY, MUSTER_DIAL_TIMEOUT); a flag on the command line wins.`,
 	f.DurationVar(&g.dialTimeout, "dial-timeout", defaultDialTimeout, "how long to wait for etcd to answer at start (env MUSTER_DIAL_TIMEOUT)")
 	f.StringVar(&g.logLevel, "log-level", "info", "level of the log on stderr: debug, info, warn or error")
 
-	root.AddCommand(newDevCmd(a), newDemoCmd(a), newRegisterCmd(a), newLsCmd(a), newWatchCmd(a))
+	root.AddCommand(newDevCmd(a), newDemoCmd(a), newRegisterCmd(a), newLsCmd(a), newWatchCmd(a), newUICmd(a), newProxyCmd(a), newXDSCmd(a))
 	return root
 }
 
