@@ -1,11 +1,14 @@
-// Package e2e drives Muster's dashboard in a real browser: headless Chromium
-// through the DevTools protocol (github.com/chromedp/chromedp), against an
-// embedded etcd. It is a module of its own so that chromedp stays out of
-// Muster's dependencies.
+// Package e2e tests Muster from outside Go: it drives the dashboard in a real
+// browser, headless Chromium through the DevTools protocol
+// (github.com/chromedp/chromedp), and has a Node.js gRPC client
+// (@grpc/grpc-js-xds, in node-xds/) resolve a service through the xDS
+// server, both against an embedded etcd. It is a module of its own so that
+// chromedp stays out of Muster's dependencies.
 //
-// The tests need /usr/bin/chromium (Debian's chromium package; .ci/run
-// installs it). Without it they fail, unless MUSTER_E2E_OPTIONAL=1, when they
-// skip. Screenshots go to testdata/out/ (ignored by git).
+// The tests need /usr/bin/chromium (Debian's chromium package), Node.js, and
+// `npm ci` run in node-xds/; .ci/run installs them. Without them the tests
+// fail, unless MUSTER_E2E_OPTIONAL=1, when they skip. Screenshots go to
+// testdata/out/ (ignored by git).
 package e2e
 
 import (

@@ -38,7 +38,9 @@ type bootstrapServer struct {
 
 type bootstrapNode struct {
 	ID       string            `json:"id"`
-	Locality map[string]string `json:"locality,omitempty"`
+	// Locality is always present, empty when there is no zone: grpc-js-xds
+	// (Node.js) refuses a bootstrap whose node has no locality.
+	Locality map[string]string `json:"locality"`
 }
 
 // JSON returns the bootstrap configuration: one xDS server reached without
@@ -62,7 +64,7 @@ func (b Bootstrap) JSON() ([]byte, error) {
 			ChannelCreds:   []map[string]string{{"type": "insecure"}},
 			ServerFeatures: []string{"xds_v3", "ignore_resource_deletion"},
 		}},
-		Node: bootstrapNode{ID: id},
+		Node: bootstrapNode{ID: id, Locality: map[string]string{}},
 	}
 	if b.Zone != "" {
 		j.Node.Locality = map[string]string{"zone": b.Zone}
