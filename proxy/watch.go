@@ -290,6 +290,33 @@ func (s *stream) reject(reason string) {
 	})
 }
 
+// checkRange reads the watch range with the client's token (from ctx), count
+// only, to check its permission and learn etcd's current revision. An error
+// that says nothing of the permission (etcd restarting, a leader election,
+// a timeout) is retried with backoff until ctx ends: refusing the watch
+// would end it for good, since clientv3 takes a canceled create as final.
+func (ws *watchServer) checkRange(ctx context.Context, key, end []byte) (*pb.RangeResponse, error) {
+	req := &pb.RangeRequest{Key: key, RangeEnd: end, CountOnly: true, Limit: 1, Serializable: true}
+	backoff := 50 * time.Millisecond
+	for {
+		resp, err := ws.kv.Range(ctx, req, waitForReady)
+		if err == nil || ctx.Err() != nil {
+			return resp, err
+		}
+		switch status.Code(err) {
+		case codes.PermissionDenied, codes.Unauthenticated, codes.InvalidArgument, codes.OutOfRange:
+			return nil, err
+		}
+		ws.log.Debug("proxy: permission check failed; retrying", "err", err, "in", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
 // create handles a create request: it checks the client's permission on
 // etcd with its own token (which also gives the current revision), answers
 // Created and attaches the watcher to a broadcast.
@@ -310,7 +337,7 @@ func (s *stream) create(cr *pb.WatchCreateRequest) {
 	}
 	// s.ctx carries the client's incoming metadata: DialOptions forward its
 	// token.
-	resp, err := ws.kv.Range(s.ctx, &pb.RangeRequest{Key: key, RangeEnd: end, CountOnly: true, Limit: 1, Serializable: true}, waitForReady)
+	resp, err := ws.checkRange(s.ctx, key, end)
 	if err != nil {
 		if s.ctx.Err() == nil {
 			ws.log.Info("proxy: watch refused", "key", wr.key, "err", err)
