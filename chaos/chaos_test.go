@@ -3,324 +3,36 @@
 package chaos
 
 import (
-	"context"
 	"fmt"
-	"os"
 	"strings"
-	"sync/atomic"
 	"testing"
-	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	clientv3 "go.etcd.io/etcd/client/v3"
-
-	"github.com/mustersd/muster/internal/faultproxy"
+	"github.com/mustersd/muster/internal/chaosharness"
 )
 
-// envDuration reads a duration from the environment, or returns def.
-func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
-	t.Helper()
-	s := os.Getenv(name)
-	if s == "" {
-		return def
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d <= 0 {
-		t.Fatalf("%s=%q: want a positive duration", name, s)
-	}
-	return d
-}
-
-func chaosParams(t *testing.T) params {
-	return params{
-		ttl:      envDuration(t, "MUSTER_CHAOS_TTL", 10*time.Second),
-		bound:    envDuration(t, "MUSTER_CHAOS_BOUND", 2*time.Second),
-		fault:    envDuration(t, "MUSTER_CHAOS_FAULT", 30*time.Second),
-		backends: 3,
-		clients:  3,
-		workers:  2,
-		maker:    musterClients,
-	}
-}
-
-// TestChaos runs every scenario and prints one line per scenario.
+// TestChaos runs every scenario (chaosharness.Scenarios) with Muster's
+// backends and clients, failing on any bound violated, and prints one line
+// per scenario.
 func TestChaos(t *testing.T) {
-	p := chaosParams(t)
-	var results []result
-	run := func(name string, f func(t *testing.T, p params) result) {
+	p := chaosharness.EnvParams(t)
+	var results []chaosharness.Result
+	run := func(name string, f func(t *testing.T, p chaosharness.Params) chaosharness.Result) {
 		t.Run(name, func(t *testing.T) { results = append(results, f(t, p)) })
 	}
-	run("LeaderKills", scenarioLeaderKills)
-	run("Partition", scenarioPartition)
-	run("ClusterDown", scenarioClusterDown)
-	run("SlowEtcd", scenarioSlow)
-	run("CompactionLaggingWatchers", scenarioCompaction)
-	run("KilledBackend", scenarioKill)
-	run("KilledBackendRetry", func(t *testing.T, p params) result {
-		p.maker = musterRetryClients
-		return scenarioKill(t, p)
+	for _, s := range chaosharness.Scenarios {
+		run(s.Name, s.Run)
+	}
+	run("KilledBackendRetry", func(t *testing.T, p chaosharness.Params) chaosharness.Result {
+		p.Maker = chaosharness.MusterRetryClients
+		return chaosharness.KilledBackend(t, p)
 	})
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nChaos suite: TTL %v, bound %v, timed faults %v, %d backends, %d clients x %d workers\n\n",
-		p.ttl, p.bound, p.fault, p.backends, p.clients, p.workers)
-	b.WriteString(tableHeader + "\n")
+		p.TTL, p.Bound, p.Fault, p.Backends, p.Clients, p.Workers)
+	b.WriteString(chaosharness.TableHeader + "\n")
 	for _, r := range results {
-		b.WriteString(r.line() + "\n")
+		b.WriteString(r.Line() + "\n")
 	}
 	fmt.Print(b.String())
-}
-
-// setup starts the backends and clients of a scenario and waits until
-// every client is served by every backend.
-func setup(t *testing.T, p params) *env {
-	e := newEnv(t, p)
-	for range p.backends {
-		e.startBackend()
-	}
-	e.startClients(p.clients)
-	e.waitServed()
-	time.Sleep(500 * time.Millisecond) // steady load
-	return e
-}
-
-// Scenario 1: the leader is killed (its client connections cut and
-// refused, raft stopped without handing leadership over, as a crash
-// would) and restarted, five times in a row.
-func scenarioLeaderKills(t *testing.T, p params) result {
-	const kills = 5
-	const down = 3 * time.Second
-	e := setup(t, p)
-	e.beginFault()
-	for range kills {
-		m := e.cluster.Leader()
-		pxs := e.memberProxies(e.memberIndex(m))
-		e.setModes(faultproxy.Refuse(), pxs...)
-		for _, px := range pxs {
-			px.CutAll()
-		}
-		m.Server().Server.HardStop()
-		m.Stop()
-		time.Sleep(down)
-		m.Restart()
-		e.setModes(faultproxy.Pass(), pxs...)
-		e.cluster.Leader()
-		time.Sleep(time.Second)
-	}
-	e.endFault()
-	r := e.finish("1. leader killed x5", fmt.Sprintf("leader crashed, down %v, restarted; %d times", down, kills))
-	e.report(r)
-	return r
-}
-
-// Scenario 2: a member is partitioned from its clients (its proxies
-// blackholed: connections stay open, nothing passes) for the fault
-// duration. Beforehand every backend's etcd streams (lease keepalives,
-// watches) and client c0's watch are steered onto that member, and the
-// other clients' watches onto the other members, by refusing and cutting
-// the other proxies of their groups for a moment. During the partition a
-// backend shuts down (at once) and a new one starts (halfway).
-//
-// So the partition hits every lease and one client's watch at once, while
-// the other clients see etcd as the healthy majority does.
-func scenarioPartition(t *testing.T, p params) result {
-	const partitioned = 0
-	e := setup(t, p)
-	steer := map[string]int{serversGroup: partitioned}
-	for i, c := range e.clientList() {
-		steer[c.group] = i % len(e.cluster.Members()) // c0 on the partitioned member
-	}
-	var others []*faultproxy.Proxy
-	for g, m := range steer {
-		for i, px := range e.group(g) {
-			if i != m {
-				others = append(others, px)
-			}
-		}
-	}
-	e.setModes(faultproxy.Refuse(), others...)
-	for _, px := range others {
-		px.CutAll()
-	}
-	time.Sleep(2 * time.Second) // streams re-open on the member left
-	e.setModes(faultproxy.Pass(), others...)
-	waitConns(t, p.backends, e.group(serversGroup)...)
-	for _, c := range e.clientList() {
-		waitConns(t, 1, e.group(c.group)...)
-	}
-	time.Sleep(500 * time.Millisecond)
-
-	e.beginFault()
-	e.setModes(faultproxy.Blackhole(), e.memberProxies(partitioned)...)
-	time.Sleep(500 * time.Millisecond)
-	e.shutdown(e.live()[0])
-	time.Sleep(time.Until(e.faultStart.Add(p.fault / 2)))
-	e.startBackend()
-	time.Sleep(time.Until(e.faultStart.Add(p.fault)))
-	e.setModes(faultproxy.Pass(), e.memberProxies(partitioned)...)
-	e.endFault()
-	r := e.finish("2. member partitioned",
-		fmt.Sprintf("member blackholed %v under every lease and 1 of %d watches; one backend stopped, one started", p.fault, p.clients))
-	e.report(r)
-	return r
-}
-
-// waitConns waits until each proxy has at least n open connections.
-func waitConns(t *testing.T, n int, proxies ...*faultproxy.Proxy) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for _, px := range proxies {
-		for px.Stats().Active < n {
-			if time.Now().After(deadline) {
-				t.Fatalf("proxy %s: %d connections after 15s, want %d", px.Addr(), px.Stats().Active, n)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-}
-
-// Scenario 3: the whole cluster stopped for the fault duration, then
-// restarted on its data.
-func scenarioClusterDown(t *testing.T, p params) result {
-	e := setup(t, p)
-	e.beginFault()
-	e.cluster.Stop()
-	time.Sleep(p.fault)
-	e.cluster.Restart()
-	e.endFault()
-	r := e.finish("3. cluster down", fmt.Sprintf("all 3 members stopped %v, restarted", p.fault))
-	e.report(r)
-	return r
-}
-
-// Scenario 4: every request to etcd takes 200ms more for the fault
-// duration.
-func scenarioSlow(t *testing.T, p params) result {
-	const delay = 200 * time.Millisecond
-	e := setup(t, p)
-	e.beginFault()
-	e.setModes(faultproxy.Delay(delay, faultproxy.Up))
-	time.Sleep(p.fault)
-	e.setModes(faultproxy.Pass())
-	e.endFault()
-	r := e.finish("4. etcd slow", fmt.Sprintf("+%v on every request for %v", delay, p.fault))
-	e.report(r)
-	return r
-}
-
-// Scenario 5: the clients' watches fall behind while etcd is compacted
-// and defragmented. etcd's responses are throttled to 512 bytes per 50ms
-// while thousands of events are written under the service's prefix (the
-// live keys put again, unchanged), until etcd counts every client's
-// watcher as slow (unsynced; or at least one after 10s); then etcd is
-// compacted at its current revision and
-// every member defragmented, and the set of backends changes (one starts,
-// one shuts down). When the throttle is lifted the lagging watchers find
-// their revision compacted and must list again.
-func scenarioCompaction(t *testing.T, p params) result {
-	e := setup(t, p)
-	e.beginFault()
-	e.setModes(faultproxy.DelayPerChunk(50*time.Millisecond, faultproxy.Down, 512))
-
-	live := e.live()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	values := map[string]string{} // of the backends that stay
-	for _, b := range live[1:] {
-		resp, err := e.direct.Get(ctx, prefix+b.addr)
-		if err != nil || len(resp.Kvs) != 1 {
-			t.Fatalf("get %s: %v %v", b.addr, err, resp)
-		}
-		values[prefix+b.addr] = string(resp.Kvs[0].Value)
-	}
-	var events atomic.Int64
-	flood := make(chan struct{})
-	floodDone := make(chan error, 1)
-	go func() {
-		for {
-			select {
-			case <-flood:
-				floodDone <- nil
-				return
-			default:
-			}
-			var ops []clientv3.Op
-			for k, v := range values {
-				ops = append(ops, clientv3.OpPut(k, v, clientv3.WithIgnoreLease()))
-			}
-			if _, err := e.direct.Txn(ctx).Then(ops...).Commit(); err != nil {
-				floodDone <- err
-				return
-			}
-			events.Add(int64(len(ops)))
-		}
-	}()
-	stopFlood := func() {
-		close(flood)
-		if err := <-floodDone; err != nil {
-			t.Fatal(err)
-		}
-	}
-	// Wait until every client's watcher lags, or at least one after 10s.
-	start := time.Now()
-	for slowWatchers() < float64(p.clients) && (slowWatchers() < 1 || time.Since(start) < 10*time.Second) {
-		if time.Since(start) > 30*time.Second {
-			stopFlood()
-			t.Fatalf("no slow watcher after %d events in 30s", events.Load())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	slow := slowWatchers()
-
-	resp, err := e.direct.Get(ctx, "compact-marker")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rev := resp.Header.Revision
-	if _, err := e.direct.Compact(ctx, rev, clientv3.WithCompactPhysical()); err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range e.cluster.Members() {
-		if _, err := e.direct.Defragment(ctx, m.Endpoints()[0]); err != nil {
-			t.Fatalf("defragment %s: %v", m.Name(), err)
-		}
-	}
-	// The set changes while the watchers lag.
-	e.startBackend()
-	e.shutdown(live[0])
-	stopFlood()
-	time.Sleep(2 * time.Second)
-	e.setModes(faultproxy.Pass())
-	e.endFault()
-	r := e.finish("5. compaction, lagging watchers",
-		fmt.Sprintf("etcd's responses throttled to 10 KB/s, %d events; compacted and defragmented with %v watchers slow; a backend added, one removed", events.Load(), slow))
-	relists := 0
-	for _, c := range e.clientList() {
-		if !c.logs.last("discovery: watch broke; listing again").IsZero() {
-			relists++
-		}
-	}
-	t.Logf("%d of %d clients listed again after their watch broke", relists, len(e.clientList()))
-	if relists == 0 {
-		t.Errorf("no client's watch hit the compaction: the scenario did not test what it should")
-	}
-	e.report(r)
-	return r
-}
-
-// slowWatchers returns etcd's etcd_debugging_mvcc_slow_watcher_total gauge
-// (watchers that fell behind and are catching up from the store), summed
-// over the members in this process.
-func slowWatchers() float64 {
-	mfs, _ := prometheus.DefaultGatherer.Gather()
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != "etcd_debugging_mvcc_slow_watcher_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			sum += m.GetGauge().GetValue()
-		}
-	}
-	return sum
 }

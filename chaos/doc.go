@@ -1,5 +1,8 @@
 // Package chaos holds Muster's fault-injection tests (issue #7); it has no
-// code of its own, only tests.
+// code of its own, only tests. The harness and the scenarios are in
+// internal/chaosharness, so that Muster's peers (etcd's naming, go-zero)
+// can be run through the same scenarios from the nested module interop
+// (interop/chaos).
 //
 // Each scenario runs a 3-member etcd cluster (internal/etcdtest) with
 // fault-injecting proxies (internal/faultproxy) in front of each member's
@@ -31,7 +34,8 @@
 // MUSTER_CHAOS_TTL (default 10s) the backends' lease TTL and
 // MUSTER_CHAOS_BOUND (default 2s) the slack beyond it.
 //
-// The client under test is an interface (ClientUnderTest, made by a
-// ClientMaker), so that other discovery clients can be run through the
-// same scenarios.
+// The client under test is an interface (chaosharness.ClientUnderTest,
+// made by a ClientMaker) and so is the backends' registration (a
+// chaosharness.BackendMaker), so that other discovery systems can be run
+// through the same scenarios.
 package chaos

@@ -1,10 +1,11 @@
-package chaos
+package chaosharness
 
 import (
 	"bufio"
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"slices"
@@ -18,15 +19,12 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/mustersd/muster"
-	"github.com/mustersd/muster/internal/echo"
 	"github.com/mustersd/muster/internal/etcdtest"
 	"github.com/mustersd/muster/internal/faultproxy"
 )
 
 const (
 	service = "echo.rpc"
-	prefix  = "services/" + service + "/"
 
 	// pollEvery is how often the observer reads etcd.
 	pollEvery = 50 * time.Millisecond
@@ -36,15 +34,41 @@ const (
 	rpcTimeout = 5 * time.Second
 )
 
-// params shape a scenario run.
-type params struct {
-	ttl      time.Duration // the backends' lease TTL
-	bound    time.Duration // slack allowed beyond the TTL
-	fault    time.Duration // how long a timed fault lasts
-	backends int           // in-process backends at the start
-	clients  int           // clients under test
-	workers  int           // RPC goroutines per client
-	maker    ClientMaker
+// Params shape a scenario run.
+type Params struct {
+	TTL      time.Duration // the backends' lease TTL
+	Bound    time.Duration // slack allowed beyond the TTL
+	Fault    time.Duration // how long a timed fault lasts
+	Backends int           // in-process backends at the start
+	Clients  int           // clients under test
+	Workers  int           // RPC goroutines per client
+	Maker    ClientMaker   // the clients under test
+	Servers  BackendMaker  // the backends' registration; MusterBackends if zero
+
+	// RecordOnly measures and reports without failing the test when a
+	// bound is violated: for the peers, whose figures are recorded as
+	// they come. After the fault it keeps watching for Observe (at least
+	// TTL + bound + 1s), so that a slow recovery is told from none.
+	RecordOnly bool
+	Observe    time.Duration
+}
+
+// servers returns the backend maker in use.
+func (p Params) servers() BackendMaker {
+	if p.Servers.Start == nil {
+		return MusterBackends
+	}
+	return p.Servers
+}
+
+// window is how long after the fault the run goes on: TTL + bound + 1s, or
+// Observe in RecordOnly mode if that is longer.
+func (p Params) window() time.Duration {
+	w := p.TTL + p.Bound + time.Second
+	if p.RecordOnly && p.Observe > w {
+		w = p.Observe
+	}
+	return w
 }
 
 // env is one scenario's world: the cluster, fault proxies in front of its
@@ -56,7 +80,7 @@ type params struct {
 // apply to every group unless a scenario says otherwise.
 type env struct {
 	t       *testing.T
-	p       params
+	p       Params
 	cluster *etcdtest.Group
 	direct  *clientv3.Client // straight to the members: the observer's and the admin's
 	obs     *observer
@@ -85,12 +109,12 @@ type clientRun struct {
 	logs *logSink
 }
 
-func newEnv(t *testing.T, p params) *env {
+func newEnv(t *testing.T, p Params) *env {
 	t.Helper()
 	e := &env{t: t, p: p, started: time.Now(), groups: map[string][]*faultproxy.Proxy{}}
 	e.cluster = etcdtest.Cluster(t, 3)
 	e.direct = e.cluster.Client(t)
-	e.obs = startObserver(e.direct)
+	e.obs = startObserver(e.direct, p.servers())
 	e.load = newLoad()
 	e.stalls = startStallMonitor()
 	t.Cleanup(e.closeProxies)
@@ -108,10 +132,17 @@ func (e *env) group(name string) []*faultproxy.Proxy {
 		return g
 	}
 	var g []*faultproxy.Proxy
-	for _, m := range e.cluster.Members() {
+	for i, m := range e.cluster.Members() {
 		px, err := faultproxy.New(m.Endpoints()[0])
 		if err != nil {
 			e.t.Fatal(err)
+		}
+		// A group made during a fault (a backend with proxies of its own,
+		// started meanwhile) starts in the fault's mode.
+		if len(e.order) > 0 {
+			if err := px.SetMode(e.groups[e.order[0]][i].Mode()); err != nil {
+				e.t.Fatal(err)
+			}
 		}
 		g = append(g, px)
 	}
@@ -221,15 +252,16 @@ func (e *env) dumpLogs() {
 	}
 }
 
-// backend is a live echo server registered through muster.NewServer, in
-// this process or in a child process.
+// backend is a live echo server registered in etcd by the scenario's
+// BackendMaker, in this process or in a child process.
 type backend struct {
-	name string
-	addr string
-	logs *logSink
-	srv  *muster.Server // in this process
-	cmd  *exec.Cmd      // a child process
-	exit chan error     // the child's Wait
+	name  string
+	addr  string
+	group string // its proxy group
+	logs  *logSink
+	run   Backend    // in this process
+	cmd   *exec.Cmd  // a child process
+	exit  chan error // the child's Wait
 
 	mu   sync.Mutex
 	died time.Time // when it was killed or began shutting down; zero while live
@@ -251,11 +283,11 @@ func (b *backend) markDied() {
 
 func (b *backend) stop() {
 	switch {
-	case b.srv != nil:
+	case b.run != nil:
 		b.markDied()
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
-		_ = b.srv.Shutdown(ctx)
+		_ = b.run.Shutdown(ctx)
 	case b.cmd != nil:
 		b.markDied()
 		_ = b.cmd.Process.Kill()
@@ -263,35 +295,39 @@ func (b *backend) stop() {
 	}
 }
 
-// backendConfig is the configuration of every backend.
-func (e *env) backendConfig(i int) muster.Config {
-	return muster.Config{
-		Name:     service,
-		ListenOn: "127.0.0.1:0",
-		Etcd:     muster.EtcdConfig{Hosts: e.hosts(serversGroup, i), TTL: e.p.ttl},
+// newBackendSlot names the next backend and picks its proxy group: the
+// shared "servers", or one of its own if the BackendMaker asks for it.
+func (e *env) newBackendSlot(kind string) (name, group string, i int) {
+	e.mu.Lock()
+	i = e.nextID
+	e.nextID++
+	e.mu.Unlock()
+	name = fmt.Sprintf("%s%d", kind, i)
+	group = serversGroup
+	if e.p.servers().OwnProxies {
+		group = serversGroup + "-" + name
 	}
+	return name, group, i
 }
 
 // startBackend starts an in-process backend and waits until etcd holds it.
 func (e *env) startBackend() *backend {
 	e.t.Helper()
-	e.mu.Lock()
-	i := e.nextID
-	e.nextID++
-	e.mu.Unlock()
-	name := fmt.Sprintf("b%d", i)
+	name, group, i := e.newBackendSlot("b")
 	logs := &logSink{}
-	srv, err := muster.NewServer(e.backendConfig(i), muster.WithoutSignals(), muster.WithLogger(slog.New(logs.handler())))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	echo.New(name).Register(srv)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	if err := srv.Start(ctx); err != nil {
+	run, err := e.p.servers().Start(ctx, BackendConfig{
+		Name:    name,
+		Service: service,
+		Hosts:   e.hosts(group, i),
+		TTL:     e.p.TTL,
+		Log:     slog.New(logs.handler()),
+	})
+	if err != nil {
 		e.t.Fatalf("starting backend %s: %v", name, err)
 	}
-	b := &backend{name: name, addr: srv.Endpoint().Addr, logs: logs, srv: srv}
+	b := &backend{name: name, addr: run.Addr(), group: group, logs: logs, run: run}
 	e.mu.Lock()
 	e.backends = append(e.backends, b)
 	e.mu.Unlock()
@@ -301,26 +337,24 @@ func (e *env) startBackend() *backend {
 
 // Environment of the child process backend.
 const (
-	helperEnv      = "MUSTER_CHAOS_HELPER"
-	helperHostsEnv = "MUSTER_CHAOS_HELPER_HOSTS"
-	helperTTLEnv   = "MUSTER_CHAOS_HELPER_TTL"
+	helperEnv       = "MUSTER_CHAOS_HELPER"
+	helperHostsEnv  = "MUSTER_CHAOS_HELPER_HOSTS"
+	helperTTLEnv    = "MUSTER_CHAOS_HELPER_TTL"
+	helperSystemEnv = "MUSTER_CHAOS_HELPER_SYSTEM"
 )
 
 // startProcessBackend starts a backend in a child process (this test
-// binary, see helperMain) and waits until etcd holds it.
+// binary, whose TestMain calls HelperMain) and waits until etcd holds it.
 func (e *env) startProcessBackend() *backend {
 	e.t.Helper()
-	e.mu.Lock()
-	i := e.nextID
-	e.nextID++
-	e.mu.Unlock()
-	name := fmt.Sprintf("p%d", i)
+	name, group, i := e.newBackendSlot("p")
 	logs := &logSink{}
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(),
 		helperEnv+"="+name,
-		helperHostsEnv+"="+strings.Join(e.hosts(serversGroup, i), ","),
-		helperTTLEnv+"="+e.p.ttl.String())
+		helperHostsEnv+"="+strings.Join(e.hosts(group, i), ","),
+		helperTTLEnv+"="+e.p.TTL.String(),
+		helperSystemEnv+"="+e.p.servers().Name)
 	cmd.Stderr = logs.writer()
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -329,7 +363,7 @@ func (e *env) startProcessBackend() *backend {
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)
 	}
-	b := &backend{name: name, logs: logs, cmd: cmd, exit: make(chan error, 1)}
+	b := &backend{name: name, group: group, logs: logs, cmd: cmd, exit: make(chan error, 1)}
 	lines := make(chan string, 1)
 	go func() {
 		line, _ := bufio.NewReader(out).ReadString('\n')
@@ -353,34 +387,41 @@ func (e *env) startProcessBackend() *backend {
 	return b
 }
 
-// helperMain is the child process backend: a muster.NewServer with an echo
-// service, registered through the given etcd hosts. It prints "ready ADDR"
-// and serves until it is killed.
-func helperMain(name string) {
+// IsHelper reports whether this process is a child process backend, started
+// by a scenario; its TestMain must then call HelperMain instead of running
+// the tests.
+func IsHelper() bool { return os.Getenv(helperEnv) != "" }
+
+// HelperMain is the child process backend: the BackendMaker of the given
+// ones that the parent named starts an echo backend registered through the
+// given etcd hosts. It prints "ready ADDR" and serves until it is killed.
+func HelperMain(makers ...BackendMaker) {
+	fail := func(err error) {
+		fmt.Println("error:", err)
+		os.Exit(2)
+	}
 	ttl, err := time.ParseDuration(os.Getenv(helperTTLEnv))
 	if err != nil {
-		fmt.Println("error:", err)
-		os.Exit(2)
+		fail(err)
 	}
-	cfg := muster.Config{
-		Name:     service,
-		ListenOn: "127.0.0.1:0",
-		Etcd:     muster.EtcdConfig{Hosts: strings.Split(os.Getenv(helperHostsEnv), ","), TTL: ttl},
+	system := os.Getenv(helperSystemEnv)
+	i := slices.IndexFunc(makers, func(m BackendMaker) bool { return m.Name == system })
+	if i < 0 {
+		fail(fmt.Errorf("no backend maker %q", system))
 	}
-	srv, err := muster.NewServer(cfg, muster.WithoutSignals(),
-		muster.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, nil))))
-	if err != nil {
-		fmt.Println("error:", err)
-		os.Exit(2)
-	}
-	echo.New(name).Register(srv)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := srv.Start(ctx); err != nil {
-		fmt.Println("error:", err)
-		os.Exit(2)
+	run, err := makers[i].Start(ctx, BackendConfig{
+		Name:    os.Getenv(helperEnv),
+		Service: service,
+		Hosts:   strings.Split(os.Getenv(helperHostsEnv), ","),
+		TTL:     ttl,
+		Log:     slog.New(slog.NewTextHandler(os.Stderr, nil)),
+	})
+	if err != nil {
+		fail(err)
 	}
-	fmt.Println("ready", srv.Endpoint().Addr)
+	fmt.Println("ready", run.Addr())
 	select {} // until SIGKILL
 }
 
@@ -397,8 +438,8 @@ func (e *env) kill(b *backend) time.Time {
 	return b.diedAt()
 }
 
-// shutdown stops an in-process backend gracefully (muster.Server.Shutdown:
-// NOT_SERVING, revoke, drain delay, GracefulStop).
+// shutdown stops an in-process backend gracefully, as its BackendMaker does
+// (muster.Server.Shutdown: NOT_SERVING, revoke, drain delay, GracefulStop).
 func (e *env) shutdown(b *backend) { b.stop() }
 
 func (e *env) live() []*backend {
@@ -427,9 +468,9 @@ func (e *env) startClients(n int) {
 	e.t.Helper()
 	for i := range n {
 		logs := &logSink{}
-		name := fmt.Sprintf("%s-c%d", e.p.maker.Name, i)
+		name := fmt.Sprintf("%s-c%d", e.p.Maker.Name, i)
 		group := fmt.Sprintf("c%d", i)
-		c, err := e.p.maker.New(e.hosts(group, i), service, i, slog.New(logs.handler()))
+		c, err := e.p.Maker.New(e.hosts(group, i), service, i, slog.New(logs.handler()))
 		if err != nil {
 			e.t.Fatal(err)
 		}
@@ -437,7 +478,7 @@ func (e *env) startClients(n int) {
 		e.mu.Lock()
 		e.clients = append(e.clients, cl)
 		e.mu.Unlock()
-		e.load.start(cl, e.p.workers)
+		e.load.start(cl, e.p.Workers)
 	}
 }
 
@@ -475,36 +516,62 @@ func (e *env) clientList() []*clientRun {
 func (e *env) etcdAddrs() ([]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	resp, err := e.direct.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	set, err := readAddrs(ctx, e.direct, e.p.servers())
 	if err != nil {
 		return nil, err
 	}
-	var out []string
-	for _, kv := range resp.Kvs {
-		out = append(out, strings.TrimPrefix(string(kv.Key), prefix))
-	}
+	out := slices.Collect(maps.Keys(set))
 	slices.Sort(out)
 	return out, nil
 }
 
+// readAddrs reads the addresses registered under the BackendMaker's
+// prefix.
+func readAddrs(ctx context.Context, cli *clientv3.Client, m BackendMaker) (map[string]bool, error) {
+	resp, err := cli.Get(ctx, m.Prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, err
+	}
+	set := map[string]bool{}
+	for _, kv := range resp.Kvs {
+		if a := m.Addr(kv.Key, kv.Value); a != "" {
+			set[a] = true
+		}
+	}
+	return set, nil
+}
+
 func (e *env) waitInEtcd(addr string) {
 	e.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	wait := 30 * time.Second
+	if e.p.RecordOnly && !e.faultStart.IsZero() && e.faultEnd.IsZero() {
+		// A backend started during the fault, whose registration may
+		// wait for the fault to end: recorded, without holding the
+		// scenario up.
+		wait = 2 * time.Second
+	}
+	deadline := time.Now().Add(wait)
 	for {
 		if addrs, err := e.etcdAddrs(); err == nil && slices.Contains(addrs, addr) {
 			return
 		}
 		if time.Now().After(deadline) {
+			if e.p.RecordOnly {
+				// Recorded: the backend's registration is missing.
+				e.t.Logf("%s not in etcd after %v", addr, wait)
+				return
+			}
 			e.t.Fatalf("%s not in etcd after 30s", addr)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
 
-// result is one scenario's figures.
-type result struct {
+// Result is one scenario's figures.
+type Result struct {
 	Scenario    string
 	Fault       string
+	System      string // the clients' and backends' kind ("muster", or "etcd naming / etcd naming")
 	OK          int64
 	Failed      int64 // RPCs that failed, those cut by a SIGKILL excepted
 	CutByKill   int64 // RPCs in flight on a backend when it was SIGKILLed
@@ -517,6 +584,28 @@ type result struct {
 	Took        time.Duration
 	Stall       time.Duration // the longest the test process stalled
 	Problems    []string
+
+	// Limit is TTL + bound, and Window how long after the fault the run
+	// watched (TTL + bound + 1s, longer in RecordOnly mode).
+	Limit, Window time.Duration
+	// NotHealed says which live backends were still missing from etcd at
+	// the end of the window; "" if none.
+	NotHealed string
+	// NotConverged says how a resolver (or etcd) still differed at the end
+	// of the window; "" if none did.
+	NotConverged string
+	// StoppedClients are the clients that differed from etcd at the end
+	// and received no update after etcd's last change: their watch stopped.
+	StoppedClients []string
+	// LostAgain: the registrations healed after the fault, and were lost
+	// again by the end (NotHealed says which).
+	LostAgain bool
+	// DeadHeld: a resolver still held a dead backend at the end
+	// (RecordOnly mode; DeadClients is then the time until the end).
+	DeadHeld bool
+	// ReRegistered says whether the live backends whose key went missing
+	// from etcd came back: "-" if none went missing.
+	ReRegistered string
 }
 
 // beginFault and endFault bracket the fault.
@@ -524,29 +613,39 @@ func (e *env) beginFault() { e.faultStart = time.Now() }
 func (e *env) endFault()   { e.faultEnd = time.Now() }
 
 // finish measures the recovery, lets the scenario settle for TTL + bound
-// after the fault, checks the end state and analyses the run.
-func (e *env) finish(scenario, fault string) result {
+// after the fault (or Params.Observe, in RecordOnly mode), checks the end
+// state and analyses the run.
+func (e *env) finish(scenario, fault string) Result {
 	e.t.Helper()
-	r := result{Scenario: scenario, Fault: fault}
-	limit := e.p.ttl + e.p.bound
+	r := Result{Scenario: scenario, Fault: fault, System: e.p.system()}
+	limit := e.p.TTL + e.p.Bound
+	window := e.p.window()
+	r.Limit, r.Window = limit, window
 	if e.faultEnd.IsZero() {
 		e.endFault()
 	}
 	end := e.faultEnd
 
 	// Registrations healed: every live backend in etcd.
-	healed, err := e.waitUntil(end, limit, func() error {
+	healedCond := func() error {
 		got, err := e.etcdAddrs()
 		if err != nil {
 			return err
 		}
 		if missing := minus(e.liveAddrs(), got); len(missing) > 0 {
-			return fmt.Errorf("not in etcd: %v", missing)
+			return fmt.Errorf("not in etcd: %s", e.names(missing))
 		}
 		return nil
-	})
+	}
+	healed, err := e.waitUntil(end, limit, healedCond)
 	if err != nil {
 		r.Problems = append(r.Problems, fmt.Sprintf("registrations not healed within TTL+bound (%v) after the fault: %v", limit, err))
+		if e.p.RecordOnly {
+			healed, err = e.waitUntil(end, window, healedCond)
+			if err != nil {
+				r.NotHealed = err.Error()
+			}
+		}
 	}
 	r.Healed = max(healed, e.registrarsHealed(end))
 
@@ -555,15 +654,31 @@ func (e *env) finish(scenario, fault string) result {
 	conv, err := e.waitUntil(end, limit, e.converged)
 	if err != nil {
 		r.Problems = append(r.Problems, fmt.Sprintf("resolvers not converged within TTL+bound (%v) after the fault: %v", limit, err))
+		if e.p.RecordOnly {
+			conv, err = e.waitUntil(end, window, e.converged)
+			if err != nil {
+				r.NotConverged = err.Error()
+			}
+		}
 	}
 	r.Converged = conv
 
 	// Settle: a lease nobody keeps alive any more expires in this time.
-	if d := time.Until(end.Add(limit + time.Second)); d > 0 {
+	if d := time.Until(end.Add(window)); d > 0 {
 		time.Sleep(d)
 	}
-	if _, err := e.waitUntil(time.Now(), e.p.bound, e.converged); err != nil {
+	if _, err := e.waitUntil(time.Now(), e.p.Bound, e.converged); err != nil {
 		r.Problems = append(r.Problems, fmt.Sprintf("at the end: %v", err))
+		if r.NotConverged == "" {
+			r.NotConverged = err.Error()
+		}
+		if r.NotHealed == "" && e.p.RecordOnly {
+			if err := healedCond(); err != nil {
+				// Healed, then lost again (a lease the client gave up on).
+				r.NotHealed = "at the end, " + err.Error()
+				r.LostAgain = true
+			}
+		}
 	}
 	e.load.stopAll()
 
@@ -597,6 +712,7 @@ func (e *env) finish(scenario, fault string) result {
 	backends := slices.Clone(e.backends)
 	clients := slices.Clone(e.clients)
 	e.mu.Unlock()
+	var back, lost []string // live backends that went missing from etcd, and came back or not
 	for _, b := range backends {
 		died := b.diedAt()
 		gap, at := maxGap(polls, b.addr, died)
@@ -608,6 +724,13 @@ func (e *env) finish(scenario, fault string) result {
 				b.name, b.addr, gap.Round(time.Millisecond), at.Sub(e.started).Round(time.Millisecond), limit))
 		}
 		if died.IsZero() {
+			if gap > 0 {
+				if n := len(polls); n > 0 && polls[n-1].addrs[b.addr] {
+					back = append(back, b.name)
+				} else {
+					lost = append(lost, b.name)
+				}
+			}
 			continue
 		}
 		r.Dead++
@@ -623,6 +746,10 @@ func (e *env) finish(scenario, fault string) result {
 			stale, ok := lastHeld(c.History(), b.addr, died)
 			if !ok {
 				r.Problems = append(r.Problems, fmt.Sprintf("client %s still holds dead backend %s at the end", c.name, b.name))
+				if e.p.RecordOnly {
+					stale = time.Since(died)
+					r.DeadHeld = true
+				}
 			}
 			r.DeadClients = max(r.DeadClients, stale)
 			if stale > limit {
@@ -630,9 +757,116 @@ func (e *env) finish(scenario, fault string) result {
 			}
 		}
 	}
+	switch {
+	case len(back) == 0 && len(lost) == 0:
+		r.ReRegistered = "-"
+	case len(lost) == 0:
+		r.ReRegistered = "yes"
+	case len(back) == 0:
+		r.ReRegistered = "no (" + strings.Join(lost, ", ") + ")"
+	default:
+		r.ReRegistered = fmt.Sprintf("%s yes; %s no", strings.Join(back, ", "), strings.Join(lost, ", "))
+	}
+
+	// Clients whose watch stopped: they differ from etcd at the end and
+	// received nothing since etcd's set last changed.
+	if want, err := e.etcdAddrs(); err == nil {
+		changed := lastChange(polls)
+		for _, c := range clients {
+			h := c.History()
+			if slices.Equal(c.Endpoints(), want) {
+				continue
+			}
+			if len(h) == 0 || h[len(h)-1].At.Before(changed) {
+				r.StoppedClients = append(r.StoppedClients, c.name)
+			}
+		}
+	}
+	if e.p.RecordOnly {
+		e.settledTimes(&r, polls, clients, end)
+	}
 	r.Took = time.Since(e.started)
 	r.Stall = e.stalls.longest(e.started, time.Now())
 	return r
+}
+
+// settledTimes makes Healed and Converged, in RecordOnly mode, count up to
+// the last time they were untrue after the fault rather than the first
+// time they held: a system can heal at once and lose its registrations
+// again a few seconds later (a lease its client gave up renewing).
+// Healed becomes the time after end of the first poll from which etcd
+// held every backend live at the end; Converged, if every resolver ended
+// converged, is at least that and at least the time of the last update any
+// resolver made after end.
+func (e *env) settledTimes(r *Result, polls []poll, clients []*clientRun, end time.Time) {
+	live := e.liveAddrs()
+	var from time.Time // the first poll of the final run with every live backend
+	for _, p := range polls {
+		if !p.ok || p.at.Before(end) {
+			continue
+		}
+		all := true
+		for _, a := range live {
+			all = all && p.addrs[a]
+		}
+		switch {
+		case !all:
+			from = time.Time{}
+		case from.IsZero():
+			from = p.at
+		}
+	}
+	if r.NotHealed == "" && !from.IsZero() {
+		r.Healed = max(r.Healed, from.Sub(end))
+	}
+	if r.NotConverged != "" {
+		return
+	}
+	conv := r.Healed
+	for _, c := range clients {
+		if h := c.History(); len(h) > 0 && h[len(h)-1].At.After(end) {
+			conv = max(conv, h[len(h)-1].At.Sub(end))
+		}
+	}
+	r.Converged = max(r.Converged, conv)
+}
+
+// lastChange returns the time of the first poll that saw etcd's last set
+// of addresses.
+func lastChange(polls []poll) time.Time {
+	var at time.Time
+	var prev map[string]bool
+	for _, p := range polls {
+		if !p.ok {
+			continue
+		}
+		if prev == nil || !maps.Equal(prev, p.addrs) {
+			at = p.at
+		}
+		prev = p.addrs
+	}
+	return at
+}
+
+// names returns the backends' names for addrs ("b0 b2"), or an address for
+// one that is no backend's.
+func (e *env) names(addrs []string) string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []string
+	for _, a := range addrs {
+		n := a
+		for _, b := range e.backends {
+			if b.addr == a {
+				n = b.name
+			}
+		}
+		out = append(out, n)
+	}
+	if len(out) == 0 {
+		return "nothing"
+	}
+	return strings.Join(out, " ")
 }
 
 // converged reports whether etcd holds exactly the live backends and every
@@ -643,11 +877,11 @@ func (e *env) converged() error {
 		return err
 	}
 	if live := e.liveAddrs(); !slices.Equal(want, live) {
-		return fmt.Errorf("etcd holds %v, the live backends are %v", want, live)
+		return fmt.Errorf("etcd holds %s, the live backends are %s", e.names(want), e.names(live))
 	}
 	for _, c := range e.clientList() {
 		if got := c.Endpoints(); !slices.Equal(got, want) {
-			return fmt.Errorf("client %s holds %v, etcd %v", c.name, got, want)
+			return fmt.Errorf("client %s holds %s, etcd %s", c.name, e.names(got), e.names(want))
 		}
 	}
 	return nil
@@ -796,15 +1030,24 @@ func minus(a, b []string) []string {
 	return out
 }
 
-// report fails the test with the result's problems and logs its line.
-func (e *env) report(r result) {
+// report fails the test with the result's problems and logs its line; in
+// RecordOnly mode it only logs them.
+func (e *env) report(r Result) {
 	e.t.Helper()
-	e.t.Logf("%s", r.line())
+	if e.p.RecordOnly {
+		e.t.Logf("%s", r.PeerLine())
+	} else {
+		e.t.Logf("%s", r.Line())
+	}
 	if r.Stall > 0 {
 		e.t.Logf("the test process stalled for up to %v during the run (a busy machine)", r.Stall.Round(time.Millisecond))
 	}
 	for _, p := range r.Problems {
-		e.t.Errorf("%s: %s", r.Scenario, p)
+		if e.p.RecordOnly {
+			e.t.Logf("%s (%s): %s", r.Scenario, r.System, p)
+		} else {
+			e.t.Errorf("%s: %s", r.Scenario, p)
+		}
 	}
 }
 
@@ -815,25 +1058,89 @@ func ms(d time.Duration) string {
 	return fmt.Sprintf("%.1fs", d.Seconds())
 }
 
-func (r result) line() string {
-	dead := "-"
-	if r.Dead > 0 {
-		dead = fmt.Sprintf("%s / %s", ms(r.DeadEtcd), ms(r.DeadClients))
+func (r Result) dead() string {
+	if r.Dead == 0 {
+		return "-"
 	}
+	return fmt.Sprintf("%s / %s", ms(r.DeadEtcd), ms(r.DeadClients))
+}
+
+func (r Result) failed() string {
 	failed := fmt.Sprint(r.Failed)
 	if r.CutByKill > 0 {
 		failed += fmt.Sprintf(" (+%d in flight on the killed process)", r.CutByKill)
 	}
+	return failed
+}
+
+// Line is the result's row of TableHeader: pass or fail on the bounds.
+func (r Result) Line() string {
 	verdict := "ok"
 	if len(r.Problems) > 0 {
 		verdict = "FAIL"
 	}
 	return fmt.Sprintf("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s |",
-		r.Scenario, r.Fault, r.OK, failed, ms(r.MaxGap), ms(r.Healed), ms(r.Converged), dead, ms(r.Took), verdict)
+		r.Scenario, r.Fault, r.OK, r.failed(), ms(r.MaxGap), ms(r.Healed), ms(r.Converged), r.dead(), ms(r.Took), verdict)
 }
 
-const tableHeader = "| scenario | fault | RPCs ok | RPCs failed | longest registration gap | registrations healed | resolvers converged | dead endpoint gone (etcd / resolvers) | took | verdict |\n" +
+// TableHeader heads the rows of Result.Line.
+const TableHeader = "| scenario | fault | RPCs ok | RPCs failed | longest registration gap | registrations healed | resolvers converged | dead endpoint gone (etcd / resolvers) | took | verdict |\n" +
 	"|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
+
+// Verdict sums the result up in words: "recovers" (within TTL + bound),
+// "recovers late" (within the window), or what went wrong: "fails RPCs",
+// "lost registration" (a live backend not in etcd at the end), "stops
+// updating" (a resolver that got nothing since etcd last changed), "stays
+// stale" (a resolver that differs from etcd at the end, or kept a dead
+// endpoint longer than TTL + bound).
+func (r Result) Verdict() string {
+	var words []string
+	if r.Failed > 0 {
+		words = append(words, "fails RPCs")
+	}
+	if r.NotHealed != "" {
+		words = append(words, "lost registration")
+	}
+	switch {
+	case len(r.StoppedClients) > 0:
+		words = append(words, "stops updating")
+	case r.NotConverged != "" && r.NotHealed == "", r.DeadHeld, r.DeadClients > r.Limit:
+		words = append(words, "stays stale")
+	}
+	if len(words) > 0 {
+		return strings.Join(words, ", ")
+	}
+	if r.Healed > r.Limit || r.Converged > r.Limit || r.DeadEtcd > r.Limit || r.MaxGap > r.Limit {
+		return "recovers late"
+	}
+	return "recovers"
+}
+
+// PeerLine is the result's row of PeerTableHeader: figures and a verdict in
+// words, without pass or fail.
+func (r Result) PeerLine() string {
+	healed := ms(r.Healed)
+	switch {
+	case r.LostAgain:
+		healed += ", then lost (" + r.NotHealed + ")"
+	case r.NotHealed != "":
+		healed = "never (" + r.NotHealed + ")"
+	}
+	conv := ms(r.Converged)
+	if r.NotConverged != "" {
+		conv = "never (" + r.NotConverged + ")"
+	}
+	dead := r.dead()
+	if r.DeadHeld {
+		dead = ms(r.DeadEtcd) + " / never"
+	}
+	return fmt.Sprintf("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s |",
+		r.Scenario, r.System, r.OK, r.failed(), ms(r.MaxGap), healed, conv, dead, r.ReRegistered, r.Verdict())
+}
+
+// PeerTableHeader heads the rows of Result.PeerLine.
+const PeerTableHeader = "| scenario | system | RPCs ok | RPCs failed | longest registration gap | registrations healed | resolvers converged | dead endpoint gone (etcd / resolvers) | re-registered | verdict |\n" +
+	"|---|---|---:|---:|---:|---|---|---:|---|---|"
 
 // observer reads the service's keys from etcd every pollEvery, through a
 // client that bypasses the proxies.
@@ -852,28 +1159,22 @@ type poll struct {
 	addrs map[string]bool
 }
 
-func startObserver(cli *clientv3.Client) *observer {
+func startObserver(cli *clientv3.Client, m BackendMaker) *observer {
 	ctx, cancel := context.WithCancel(context.Background())
 	o := &observer{cli: cli, cancel: cancel, done: make(chan struct{})}
-	go o.run(ctx)
+	go o.run(ctx, m)
 	return o
 }
 
-func (o *observer) run(ctx context.Context) {
+func (o *observer) run(ctx context.Context, m BackendMaker) {
 	defer close(o.done)
 	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
 	for {
 		gctx, cancel := context.WithTimeout(ctx, time.Second)
-		resp, err := o.cli.Get(gctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		addrs, err := readAddrs(gctx, o.cli, m)
 		cancel()
-		p := poll{at: time.Now(), ok: err == nil}
-		if err == nil {
-			p.addrs = map[string]bool{}
-			for _, kv := range resp.Kvs {
-				p.addrs[strings.TrimPrefix(string(kv.Key), prefix)] = true
-			}
-		}
+		p := poll{at: time.Now(), ok: err == nil, addrs: addrs}
 		o.mu.Lock()
 		o.polls = append(o.polls, p)
 		o.mu.Unlock()

@@ -1,8 +1,9 @@
-package chaos
+package chaosharness
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -21,7 +22,7 @@ import (
 )
 
 // ClientUnderTest is a discovery client under test: it finds the service's
-// instances through etcd and calls them. Muster's is musterClients; a peer
+// instances through etcd and calls them. Muster's is MusterClients; a peer
 // (etcd's naming resolver, go-zero) plugs in with another ClientMaker.
 type ClientUnderTest interface {
 	// Call makes one RPC on the service and returns the name of the backend
@@ -56,17 +57,17 @@ type ClientMaker struct {
 	New func(hosts []string, service string, i int, log *slog.Logger) (ClientUnderTest, error)
 }
 
-// musterClients makes clients with muster.NewClient, as an application
+// MusterClients makes clients with muster.NewClient, as an application
 // would: the default muster_p2c policy with client-side health checking,
 // the Muster resolver on a pooled etcd client. The only addition is a
 // pass-through balancer in front of muster_p2c that records the endpoint
 // sets the resolver delivers.
-var musterClients = musterMaker("muster", "")
+var MusterClients = musterMaker("muster", "")
 
-// musterRetryClients are musterClients whose service config also retries
+// MusterRetryClients are MusterClients whose service config also retries
 // RPCs that fail UNAVAILABLE (up to 3 attempts): what an application whose
 // methods are idempotent can add to survive a backend dying mid-RPC.
-var musterRetryClients = musterMaker("muster+retry", `,"methodConfig":[{"name":[{}],"retryPolicy":{`+
+var MusterRetryClients = musterMaker("muster+retry", `,"methodConfig":[{"name":[{}],"retryPolicy":{`+
 	`"maxAttempts":3,"initialBackoff":"0.01s","maxBackoff":"0.1s","backoffMultiplier":2,"retryableStatusCodes":["UNAVAILABLE"]}}]`)
 
 // musterMaker returns a ClientMaker of muster.NewClient clients; extra is
@@ -92,6 +93,24 @@ func musterMaker(name, extra string) ClientMaker {
 	}
 }
 
+// ObservedClient makes a ClientUnderTest of a gRPC ClientConn: dial
+// dials it with the given default service config, which runs the
+// registered balancer child behind a pass-through that records every
+// endpoint set the resolver delivers (extra is appended to the config,
+// e.g. `,"healthCheckConfig":{"serviceName":""}`). Close closes the
+// ClientConn, then runs onClose if not nil.
+func ObservedClient(child, extra string, dial func(serviceConfig string) (*grpc.ClientConn, error), onClose func() error) (ClientUnderTest, error) {
+	rec := newRecorder()
+	sc := fmt.Sprintf(`{"loadBalancingConfig":[{%q:{"id":%q,"child":%q}}]%s}`, observeName, rec.id, child, extra)
+	cc, err := dial(sc)
+	if err != nil {
+		rec.release()
+		return nil, err
+	}
+	cc.Connect()
+	return &grpcClient{cc: cc, rec: rec, onClose: onClose}, nil
+}
+
 // rotate returns hosts starting at index i.
 func rotate(hosts []string, i int) []string {
 	n := len(hosts)
@@ -105,8 +124,9 @@ func rotate(hosts []string, i int) []string {
 // grpcClient is a ClientUnderTest over a gRPC ClientConn whose policy is
 // wrapped by the observing balancer.
 type grpcClient struct {
-	cc  *grpc.ClientConn
-	rec *recorder
+	cc      *grpc.ClientConn
+	rec     *recorder
+	onClose func() error
 }
 
 func (c *grpcClient) Call(ctx context.Context) (string, string, error) {
@@ -124,6 +144,9 @@ func (c *grpcClient) History() []Update   { return c.rec.history() }
 func (c *grpcClient) Close() error {
 	err := c.cc.Close()
 	c.rec.release()
+	if c.onClose != nil {
+		err = errors.Join(err, c.onClose())
+	}
 	return err
 }
 
@@ -284,6 +307,7 @@ func (b *observeBalancer) ResolverError(err error) {
 
 func (b *observeBalancer) UpdateSubConnState(sc balancer.SubConn, s balancer.SubConnState) {
 	if b.child != nil {
+		//lint:ignore SA1019 a pass-through forwards what the balancer.Balancer interface still carries
 		b.child.UpdateSubConnState(sc, s)
 	}
 }
