@@ -115,7 +115,9 @@ func NewClient(cfg Config, opts ...Option) (*grpc.ClientConn, error) {
 		if o.etcd != nil {
 			b = resolver.NewBuilder(o.etcd, ropts...)
 		} else {
-			b = &pooledBuilder{etcd: cfg.etcdConfig(), opts: ropts}
+			ec := cfg.etcdConfig()
+			ec.Logger = o.logger
+			b = &pooledBuilder{etcd: ec, opts: ropts}
 		}
 		target = resolver.Scheme + ":///" + cfg.Name
 		dopts = append(dopts, grpc.WithResolvers(b))
@@ -140,7 +142,10 @@ type pooledClient struct {
 }
 
 // poolKey identifies an etcd configuration; it stays in memory only.
-func poolKey(c etcdclient.Config) string { return fmt.Sprintf("%#v", c) }
+func poolKey(c etcdclient.Config) string {
+	c.Logger = nil // clients that differ only in their logger share a connection (the first one's logger)
+	return fmt.Sprintf("%#v", c)
+}
 
 // acquire returns the shared client for c, connecting when there is none.
 // With authentication on, connecting waits for a token, up to DialTimeout.

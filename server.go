@@ -153,7 +153,9 @@ func (s *Server) start(ctx context.Context) error {
 	log := s.o.logger
 	cli, ownCli := s.o.etcd, false
 	if cli == nil && len(s.cfg.Etcd.Hosts) > 0 {
-		c, err := etcdclient.New(s.cfg.etcdConfig())
+		ec := s.cfg.etcdConfig()
+		ec.Logger = log
+		c, err := etcdclient.New(ec)
 		if err != nil {
 			return fmt.Errorf("muster: connect to etcd: %w", err)
 		}

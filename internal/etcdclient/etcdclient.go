@@ -15,6 +15,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -44,6 +45,9 @@ type Config struct {
 	InsecureSkipVerify bool
 	// DialTimeout bounds the first connection. Default 5s.
 	DialTimeout time.Duration
+	// Logger, if set, receives the changes New's member health monitor
+	// makes to the client's endpoints. Nil: they are not logged.
+	Logger *slog.Logger
 }
 
 // ReconnectBackoff is the gRPC reconnect backoff of Muster's etcd clients:
@@ -138,16 +142,44 @@ func (c Config) tlsConfig() (*tls.Config, error) {
 // ErrAuth, ErrTLS, ErrUnreachable), which names the cause instead of
 // clientv3's bare "context deadline exceeded". Finding that cause can take
 // up to DialTimeout more.
+//
+// With 2 or more endpoints, the client gets a member health monitor for as
+// long as it is open: it checks every endpoint's gRPC health about twice a
+// second on a connection of its own (with the client's TLS settings), and
+// an endpoint that fails 2 checks in a row (800ms each) while another one
+// answers is taken out of the client's endpoints (cli.SetEndpoints), and
+// the client's connections to it are closed, so that its watches and
+// lease keepalives fail over to the other members within about 2s of a
+// member's partition, instead of when gRPC's keepalive gives up (13s). It
+// is put back after 2 good checks in a row. If no endpoint answers, the
+// client keeps them all. The monitor stops changing the endpoints if
+// something else changes them (clientv3's Sync or AutoSyncInterval).
 func New(c Config) (*clientv3.Client, error) {
 	cfg, err := c.ClientConfig()
 	if err != nil {
 		return nil, err
 	}
+	var tracker *connTracker
+	if len(cfg.Endpoints) >= 2 {
+		tracker = newConnTracker()
+		cfg.DialOptions = append(cfg.DialOptions, grpc.WithContextDialer(tracker.dial))
+	}
 	cli, err := clientv3.New(cfg)
 	if err != nil {
 		return nil, explainNew(c, cfg, err)
 	}
-	register(cli, clientInfo{tls: cfg.TLS, user: c.Username})
+	info := clientInfo{tls: cfg.TLS, user: c.Username}
+	if tracker != nil {
+		log := c.Logger
+		if log == nil {
+			log = slog.New(slog.DiscardHandler)
+		}
+		if info.mon, err = startMonitor(cli, tracker, log); err != nil {
+			cli.Close()
+			return nil, fmt.Errorf("etcd %s: health monitor: %w", strings.Join(cfg.Endpoints, ","), err)
+		}
+	}
+	register(cli, info)
 	return cli, nil
 }
 

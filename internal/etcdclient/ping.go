@@ -162,6 +162,7 @@ type clientInfo struct {
 	known bool        // the client was made by New
 	tls   *tls.Config // its TLS configuration (nil: none)
 	user  string      // Config.Username (clientv3 drops it without a password)
+	mon   *monitor    // the member health monitor, if any
 }
 
 // clients maps the *clientv3.Client made by New to their clientInfo, until
