@@ -37,7 +37,7 @@ type bootstrapServer struct {
 }
 
 type bootstrapNode struct {
-	ID       string            `json:"id"`
+	ID string `json:"id"`
 	// Locality is always present, empty when there is no zone: grpc-js-xds
 	// (Node.js) refuses a bootstrap whose node has no locality.
 	Locality map[string]string `json:"locality"`
