@@ -159,7 +159,10 @@ func (b *p2cBalancer) EachEndpoint(f func(addr string, c *lbutil.Counters)) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for a, s := range b.stats {
-		f(a, &s.counters)
+		var c lbutil.Counters
+		c.Picks.Store(s.picks())
+		c.Errors.Store(s.counters.Errors.Load())
+		f(a, &c)
 	}
 }
 
@@ -302,12 +305,31 @@ type stats struct {
 	// est packs the peak-EWMA latency in microseconds (float32, high 32
 	// bits) with the time of its last update in milliseconds since epoch
 	// (low 32 bits, wrapping every 49 days; only differences are used).
-	est      atomic.Uint64
-	pending  atomic.Int64 // RPCs in flight
+	est atomic.Uint64
+	// flight packs the RPCs in flight (low 24 bits) with the picks so far
+	// (high 40 bits, wrapping after 2^40), so that a pick is one atomic
+	// add instead of two. 2^24 RPCs in flight on one endpoint would carry
+	// into the picks; gRPC's stream limits keep far below that.
+	flight   atomic.Uint64
 	lastPick atomic.Int64 // clock() of the last pick, to a millisecond or so
 	counters lbutil.Counters
 	_        [24]byte // to 64 bytes: endpoints do not share a cache line
 }
+
+const (
+	flightBits = 24
+	flightMask = 1<<flightBits - 1
+	// flightPick counts a pick and an RPC in flight.
+	flightPick = 1<<flightBits | 1
+	// flightDone (-1) ends an RPC in flight.
+	flightDone = ^uint64(0)
+)
+
+// pending returns the RPCs in flight.
+func (s *stats) pending() int64 { return int64(s.flight.Load() & flightMask) }
+
+// picks returns the picks so far (modulo 2^40).
+func (s *stats) picks() uint64 { return s.flight.Load() >> flightBits }
 
 func pack(costUs float64, ms uint32) uint64 {
 	return uint64(math.Float32bits(float32(costUs)))<<32 | uint64(ms)
@@ -395,8 +417,8 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 			j++
 		}
 		a, b := &p.members[i], &p.members[j]
-		ca := a.stats.estimate(now, p.invDecay) * float64(a.stats.pending.Load()+1)
-		cb := b.stats.estimate(now, p.invDecay) * float64(b.stats.pending.Load()+1)
+		ca := a.stats.estimate(now, p.invDecay) * float64(a.stats.pending()+1)
+		cb := b.stats.estimate(now, p.invDecay) * float64(b.stats.pending()+1)
 		// Costs within tieMargin of each other count as equal, and a is
 		// the random one: endpoints alike get alike shares, instead of
 		// the one whose estimate happens to be a few microseconds lower
@@ -407,7 +429,7 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 		}
 		// A loser left alone for the probe interval is measured afresh;
 		// the CAS lets one pick among concurrent ones do it.
-		if last := loser.stats.lastPick.Load(); now-last > p.probe && loser.stats.pending.Load() == 0 &&
+		if last := loser.stats.lastPick.Load(); now-last > p.probe && loser.stats.pending() == 0 &&
 			loser.stats.lastPick.CompareAndSwap(last, now) {
 			m, probe = loser, true
 		}
@@ -427,8 +449,7 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 // track counts the RPC in flight on m and hooks its Done.
 func (p *picker) track(m *member, res balancer.PickResult, now int64, probe bool) balancer.PickResult {
 	m.stats.picked(now)
-	m.stats.pending.Add(1)
-	m.stats.counters.Picks.Add(1)
+	m.stats.flight.Add(flightPick)
 	c := calls.Get().(*call)
 	c.stats, c.start, c.p, c.childDone, c.probe = m.stats, now, p, res.Done, probe
 	res.Done = c.done
@@ -461,7 +482,7 @@ func (c *call) finish(info balancer.DoneInfo) {
 	c.stats, c.p, c.childDone, c.probe = nil, nil, nil, false
 	calls.Put(c)
 
-	s.pending.Add(-1)
+	s.flight.Add(flightDone)
 	observe := true
 	if info.Err != nil {
 		switch status.Code(info.Err) {

@@ -102,7 +102,7 @@ func TestFailuresRaiseCost(t *testing.T) {
 			t.Errorf("%v: estimate %vµs after the failure, want at least the 500ms penalty", code, c)
 		}
 	}
-	if n := s.pending.Load(); n != 0 {
+	if n := s.pending(); n != 0 {
 		t.Fatalf("%d RPCs still counted in flight after their Done", n)
 	}
 }
@@ -125,14 +125,14 @@ func TestPrefersCheaper(t *testing.T) {
 		// comparing pending counters.
 		before := make([]int64, len(p.members))
 		for i, m := range p.members {
-			before[i] = m.stats.pending.Load()
+			before[i] = m.stats.pending()
 		}
 		res, err := p.Pick(balancer.PickInfo{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		for i, m := range p.members {
-			if m.stats.pending.Load() != before[i] {
+			if m.stats.pending() != before[i] {
 				counts[fs[i]]++
 			}
 		}
@@ -175,12 +175,12 @@ func TestProbe(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if slow.pending.Load() == 1 && probe.Done == nil {
+		if slow.pending() == 1 && probe.Done == nil {
 			probe = res // keep the probe in flight
 			picks++
 			continue
 		}
-		if slow.pending.Load() > 1 {
+		if slow.pending() > 1 {
 			picks++
 		}
 		res.Done(balancer.DoneInfo{Err: status.Error(codes.Canceled, "")})
@@ -207,7 +207,7 @@ func TestTiesSpread(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if p.members[0].stats.pending.Load() == 1 {
+		if p.members[0].stats.pending() == 1 {
 			first++
 		}
 		res.Done(balancer.DoneInfo{Err: status.Error(codes.Canceled, "")})
