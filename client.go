@@ -116,7 +116,7 @@ func NewClient(cfg Config, opts ...Option) (*grpc.ClientConn, error) {
 			b = resolver.NewBuilder(o.etcd, ropts...)
 		} else {
 			ec := cfg.etcdConfig()
-			ec.Logger = o.logger
+			ec.Logger, ec.Registerer = o.logger, o.registerer
 			b = &pooledBuilder{etcd: ec, opts: ropts}
 		}
 		target = resolver.Scheme + ":///" + cfg.Name
@@ -143,7 +143,9 @@ type pooledClient struct {
 
 // poolKey identifies an etcd configuration; it stays in memory only.
 func poolKey(c etcdclient.Config) string {
-	c.Logger = nil // clients that differ only in their logger share a connection (the first one's logger)
+	// Clients that differ only in their logger or registerer share a
+	// connection (with the first one's).
+	c.Logger, c.Registerer = nil, nil
 	return fmt.Sprintf("%#v", c)
 }
 

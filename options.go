@@ -37,7 +37,8 @@ func buildOptions(opts []Option) options {
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
 
 // WithRegisterer registers the Prometheus collectors of the registration
-// (server) or the discovery (client) with r. By default there are none.
+// (server) or the discovery and balancing (client) with r, and those of the
+// etcd client's member health monitor. By default there are none.
 func WithRegisterer(r prometheus.Registerer) Option { return func(o *options) { o.registerer = r } }
 
 // WithEtcdClient makes the server or client use cli instead of connecting to

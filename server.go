@@ -154,7 +154,7 @@ func (s *Server) start(ctx context.Context) error {
 	cli, ownCli := s.o.etcd, false
 	if cli == nil && len(s.cfg.Etcd.Hosts) > 0 {
 		ec := s.cfg.etcdConfig()
-		ec.Logger = log
+		ec.Logger, ec.Registerer = log, s.o.registerer
 		c, err := etcdclient.New(ec)
 		if err != nil {
 			return fmt.Errorf("muster: connect to etcd: %w", err)

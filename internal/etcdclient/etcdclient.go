@@ -20,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -48,6 +49,10 @@ type Config struct {
 	// Logger, if set, receives the changes New's member health monitor
 	// makes to the client's endpoints. Nil: they are not logged.
 	Logger *slog.Logger
+	// Registerer, if set, receives the member health monitor's metrics:
+	// muster_etcd_endpoint_exclusions_total{endpoint} and
+	// muster_etcd_endpoint_excluded{endpoint}. Nil: none.
+	Registerer prometheus.Registerer
 }
 
 // ReconnectBackoff is the gRPC reconnect backoff of Muster's etcd clients:
@@ -174,7 +179,12 @@ func New(c Config) (*clientv3.Client, error) {
 		if log == nil {
 			log = slog.New(slog.DiscardHandler)
 		}
-		if info.mon, err = startMonitor(cli, tracker, log); err != nil {
+		met, merr := newMonitorMetrics(c.Registerer)
+		if merr != nil {
+			cli.Close()
+			return nil, fmt.Errorf("etcd %s: health monitor: %w", strings.Join(cfg.Endpoints, ","), merr)
+		}
+		if info.mon, err = startMonitor(cli, tracker, log, met); err != nil {
 			cli.Close()
 			return nil, fmt.Errorf("etcd %s: health monitor: %w", strings.Join(cfg.Endpoints, ","), err)
 		}

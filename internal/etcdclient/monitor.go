@@ -9,9 +9,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/mustersd/muster/internal/promx"
 )
 
 // The member health monitor of clients with 2 or more endpoints (see New).
@@ -42,10 +45,40 @@ type monitor struct {
 	tracker *connTracker
 	log     *slog.Logger
 
+	met *monitorMetrics
+
 	mu       sync.Mutex
 	state    []probeState
-	applied  []string // the endpoints last given to the client
-	disabled bool     // somebody else set the client's endpoints
+	applied  []string        // the endpoints last given to the client
+	out      map[string]bool // the endpoints taken out, as counted in met.excluded
+	disabled bool            // somebody else set the client's endpoints
+}
+
+// monitorMetrics are the monitor's Prometheus collectors, shared by the
+// clients of a Registerer.
+type monitorMetrics struct {
+	exclusions *prometheus.CounterVec
+	excluded   *prometheus.GaugeVec
+}
+
+// newMonitorMetrics registers the monitor's collectors with reg (nil:
+// collectors that nobody reads).
+func newMonitorMetrics(reg prometheus.Registerer) (*monitorMetrics, error) {
+	ex, err := promx.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "muster_etcd_endpoint_exclusions_total",
+		Help: "Times an etcd endpoint was taken out of a client's endpoints because it failed its health checks while another answered.",
+	}, []string{"endpoint"}))
+	if err != nil {
+		return nil, err
+	}
+	out, err := promx.Register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "muster_etcd_endpoint_excluded",
+		Help: "Clients that have an etcd endpoint taken out now (0 when every endpoint is in use).",
+	}, []string{"endpoint"}))
+	if err != nil {
+		return nil, err
+	}
+	return &monitorMetrics{exclusions: ex, excluded: out}, nil
 }
 
 type probeState struct {
@@ -55,13 +88,15 @@ type probeState struct {
 
 // startMonitor starts the monitor of cli, whose connections tracker
 // dials, and returns it; it stops when cli is closed.
-func startMonitor(cli *clientv3.Client, tracker *connTracker, log *slog.Logger) (*monitor, error) {
+func startMonitor(cli *clientv3.Client, tracker *connTracker, log *slog.Logger, met *monitorMetrics) (*monitor, error) {
 	eps := slices.Clone(cli.Endpoints())
 	m := &monitor{
 		cli:     cli,
 		eps:     eps,
 		tracker: tracker,
 		log:     log,
+		met:     met,
+		out:     map[string]bool{},
 		state:   make([]probeState, len(eps)),
 		applied: slices.Clone(eps),
 	}
@@ -85,6 +120,15 @@ func startMonitor(cli *clientv3.Client, tracker *connTracker, log *slog.Logger) 
 // probeLoop checks endpoint i on conn until the client is closed.
 func (m *monitor) probeLoop(i int, conn *grpc.ClientConn) {
 	defer conn.Close()
+	defer func() {
+		// The client is closed: it no longer keeps anything out.
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if ep := m.eps[i]; m.out[ep] {
+			delete(m.out, ep)
+			m.met.excluded.WithLabelValues(ep).Dec()
+		}
+	}()
 	ctx := m.cli.Ctx()
 	hc := healthpb.NewHealthClient(conn)
 	t := time.NewTimer(0)
@@ -181,6 +225,17 @@ func (m *monitor) apply() {
 	}
 	m.log.Info("etcd client endpoints changed", "endpoints", want, "excluded", excluded(m.eps, want))
 	m.applied = slices.Clone(want)
+	for _, ep := range m.eps {
+		switch out := !slices.Contains(want, ep); {
+		case out && !m.out[ep]:
+			m.out[ep] = true
+			m.met.exclusions.WithLabelValues(ep).Inc()
+			m.met.excluded.WithLabelValues(ep).Inc()
+		case !out && m.out[ep]:
+			delete(m.out, ep)
+			m.met.excluded.WithLabelValues(ep).Dec()
+		}
+	}
 }
 
 func excluded(all, kept []string) []string {

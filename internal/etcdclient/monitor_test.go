@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/mustersd/muster/internal/etcdtest"
@@ -17,7 +18,7 @@ import (
 
 // proxiedCluster starts a 3-member cluster with a fault proxy in front of
 // each member's client URL, and a client made by New through the proxies.
-func proxiedCluster(t *testing.T) (*etcdtest.Group, []*faultproxy.Proxy, *clientv3.Client) {
+func proxiedCluster(t *testing.T, reg prometheus.Registerer) (*etcdtest.Group, []*faultproxy.Proxy, *clientv3.Client) {
 	t.Helper()
 	c := etcdtest.Cluster(t, 3)
 	var pxs []*faultproxy.Proxy
@@ -31,7 +32,7 @@ func proxiedCluster(t *testing.T) (*etcdtest.Group, []*faultproxy.Proxy, *client
 		pxs = append(pxs, px)
 		eps = append(eps, px.Addr())
 	}
-	cli, err := New(Config{Endpoints: eps})
+	cli, err := New(Config{Endpoints: eps, Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +48,8 @@ func probeLoops() int {
 }
 
 func TestMonitorExcludesBlackholedMember(t *testing.T) {
-	c, pxs, cli := proxiedCluster(t)
+	reg := prometheus.NewRegistry()
+	c, pxs, cli := proxiedCluster(t, reg)
 	testx.Eventually(t, 5*time.Second, "3 probe goroutines", func() bool { return probeLoops() == 3 })
 	all := slices.Clone(cli.Endpoints())
 
@@ -94,6 +96,12 @@ func TestMonitorExcludesBlackholedMember(t *testing.T) {
 		return slices.Equal(cli.Endpoints(), all[1:])
 	})
 	t.Logf("blackholed endpoint excluded after %v", d.Round(10*time.Millisecond))
+	if n := metricValue(t, reg, "muster_etcd_endpoint_exclusions_total", all[0]); n != 1 {
+		t.Errorf("muster_etcd_endpoint_exclusions_total{endpoint=%q} = %v, want 1", all[0], n)
+	}
+	if n := metricValue(t, reg, "muster_etcd_endpoint_excluded", all[0]); n != 1 {
+		t.Errorf("muster_etcd_endpoint_excluded{endpoint=%q} = %v, want 1", all[0], n)
+	}
 	select {
 	case d := <-got:
 		t.Logf("watch pinned on the blackholed member got the put after %v", d.Round(10*time.Millisecond))
@@ -115,10 +123,36 @@ func TestMonitorExcludesBlackholedMember(t *testing.T) {
 		return slices.Equal(cli.Endpoints(), all)
 	})
 	t.Logf("endpoint back after %v", d.Round(10*time.Millisecond))
+	if n := metricValue(t, reg, "muster_etcd_endpoint_excluded", all[0]); n != 0 {
+		t.Errorf("muster_etcd_endpoint_excluded{endpoint=%q} = %v after its return, want 0", all[0], n)
+	}
+}
+
+// metricValue returns the value of reg's counter or gauge name for
+// endpoint ep (0 if it has none).
+func metricValue(t *testing.T, reg *prometheus.Registry, name, ep string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "endpoint" && l.GetValue() == ep {
+					return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }
 
 func TestMonitorKeepsAllWhenNoneAnswers(t *testing.T) {
-	c, _, cli := proxiedCluster(t)
+	c, _, cli := proxiedCluster(t, nil)
 	all := slices.Clone(cli.Endpoints())
 	// Stop stops the members one after the other, so the first ones may be
 	// excluded while the last one still answers; once none answers, the
