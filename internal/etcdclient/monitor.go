@@ -214,17 +214,8 @@ func (m *monitor) apply() {
 			"endpoints", cur)
 		return
 	}
-	m.cli.SetEndpoints(want...)
-	for _, ep := range m.applied {
-		if !slices.Contains(want, ep) {
-			// Removing an endpoint shuts its subchannel down gracefully:
-			// the streams open on it stay there until the connection dies.
-			// Cut it, so that they fail over now.
-			m.tracker.closeConns(parseEndpoint(ep))
-		}
-	}
-	m.log.Info("etcd client endpoints changed", "endpoints", want, "excluded", excluded(m.eps, want))
-	m.applied = slices.Clone(want)
+	// Counted before the change is made, so that whoever sees the change
+	// sees it counted.
 	for _, ep := range m.eps {
 		switch out := !slices.Contains(want, ep); {
 		case out && !m.out[ep]:
@@ -236,6 +227,17 @@ func (m *monitor) apply() {
 			m.met.excluded.WithLabelValues(ep).Dec()
 		}
 	}
+	m.cli.SetEndpoints(want...)
+	for _, ep := range m.applied {
+		if !slices.Contains(want, ep) {
+			// Removing an endpoint shuts its subchannel down gracefully:
+			// the streams open on it stay there until the connection dies.
+			// Cut it, so that they fail over now.
+			m.tracker.closeConns(parseEndpoint(ep))
+		}
+	}
+	m.log.Info("etcd client endpoints changed", "endpoints", want, "excluded", excluded(m.eps, want))
+	m.applied = slices.Clone(want)
 }
 
 func excluded(all, kept []string) []string {
