@@ -135,21 +135,7 @@ func TestDiscoveryIdleThroughProxy(t *testing.T) {
 		st := sub.Current()
 		return st.Err == nil && st.Snapshot.Revision > 0
 	})
-	restarts := func() float64 {
-		mfs, err := reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var n float64
-		for _, mf := range mfs {
-			if mf.GetName() == "muster_discovery_watch_restarts_total" {
-				for _, m := range mf.GetMetric() {
-					n += m.GetCounter().GetValue()
-				}
-			}
-		}
-		return n
-	}
+	restarts := func() float64 { return testx.Metric(t, reg, "muster_discovery_watch_restarts_total") }
 	before := restarts()
 	time.Sleep(6500 * time.Millisecond)
 	if n := restarts() - before; n != 0 {

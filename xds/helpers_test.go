@@ -8,14 +8,12 @@ import (
 
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -25,6 +23,7 @@ import (
 	"github.com/mustersd/muster/internal/echo"
 	"github.com/mustersd/muster/internal/etcdtest"
 	"github.com/mustersd/muster/internal/keyfmt"
+	"github.com/mustersd/muster/internal/testx"
 )
 
 // Timeouts of waits on conditions; no test sleeps for correctness.
@@ -111,57 +110,12 @@ func (e *env) server() *Server {
 }
 
 // metric returns the value of the gauge or counter name with labels (as
-// "k=v" pairs) in the current server's registry, or -1 if absent.
+// "k=v" pairs) in the current server's registry (0 if absent).
 func (e *env) metric(name string, labels ...string) float64 {
 	e.mu.Lock()
 	reg := e.reg
 	e.mu.Unlock()
-	return gather(e.t, reg, name, labels...)
-}
-
-func gather(t testing.TB, g prometheus.Gatherer, name string, labels ...string) float64 {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		sum, found := 0.0, false
-	next:
-		for _, m := range mf.GetMetric() {
-			for _, l := range labels {
-				k, v, _ := strings.Cut(l, "=")
-				if !hasLabel(m, k, v) {
-					continue next
-				}
-			}
-			found = true
-			switch {
-			case m.GetGauge() != nil:
-				sum += m.GetGauge().GetValue()
-			case m.GetCounter() != nil:
-				sum += m.GetCounter().GetValue()
-			case m.GetHistogram() != nil:
-				sum += float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-		if found {
-			return sum
-		}
-	}
-	return -1
-}
-
-func hasLabel(m *dto.Metric, k, v string) bool {
-	for _, l := range m.GetLabel() {
-		if l.GetName() == k && strings.Contains(l.GetValue(), v) {
-			return true
-		}
-	}
-	return false
+	return testx.Metric(e.t, reg, name, labels...)
 }
 
 // backend starts an echo server called name; it stops when the test ends.

@@ -318,7 +318,7 @@ func TestP2CReachesGoClients(t *testing.T) {
 	cc := e.dial(svc, 1)[0]
 	converge(t, []*grpc.ClientConn{cc}, names(a, b))
 	reg := prometheusRegistry(t)
-	picks := gather(t, reg, "muster_balancer_picks_total", "policy=muster_p2c", "target=xds:///"+svc)
+	picks := testx.Metric(t, reg, "muster_balancer_picks_total", "policy=muster_p2c", "target=xds:///"+svc)
 	if picks < streak {
 		t.Fatalf("muster_p2c picks for xds:///%s = %v, want >= %d: the client does not balance with muster_p2c", svc, picks, streak)
 	}

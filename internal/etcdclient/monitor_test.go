@@ -96,10 +96,10 @@ func TestMonitorExcludesBlackholedMember(t *testing.T) {
 		return slices.Equal(cli.Endpoints(), all[1:])
 	})
 	t.Logf("blackholed endpoint excluded after %v", d.Round(10*time.Millisecond))
-	if n := metricValue(t, reg, "muster_etcd_endpoint_exclusions_total", all[0]); n != 1 {
+	if n := testx.Metric(t, reg, "muster_etcd_endpoint_exclusions_total", "endpoint="+all[0]); n != 1 {
 		t.Errorf("muster_etcd_endpoint_exclusions_total{endpoint=%q} = %v, want 1", all[0], n)
 	}
-	if n := metricValue(t, reg, "muster_etcd_endpoint_excluded", all[0]); n != 1 {
+	if n := testx.Metric(t, reg, "muster_etcd_endpoint_excluded", "endpoint="+all[0]); n != 1 {
 		t.Errorf("muster_etcd_endpoint_excluded{endpoint=%q} = %v, want 1", all[0], n)
 	}
 	select {
@@ -123,32 +123,9 @@ func TestMonitorExcludesBlackholedMember(t *testing.T) {
 		return slices.Equal(cli.Endpoints(), all)
 	})
 	t.Logf("endpoint back after %v", d.Round(10*time.Millisecond))
-	if n := metricValue(t, reg, "muster_etcd_endpoint_excluded", all[0]); n != 0 {
+	if n := testx.Metric(t, reg, "muster_etcd_endpoint_excluded", "endpoint="+all[0]); n != 0 {
 		t.Errorf("muster_etcd_endpoint_excluded{endpoint=%q} = %v after its return, want 0", all[0], n)
 	}
-}
-
-// metricValue returns the value of reg's counter or gauge name for
-// endpoint ep (0 if it has none).
-func metricValue(t *testing.T, reg *prometheus.Registry, name, ep string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "endpoint" && l.GetValue() == ep {
-					return m.GetCounter().GetValue() + m.GetGauge().GetValue()
-				}
-			}
-		}
-	}
-	return 0
 }
 
 func TestMonitorKeepsAllWhenNoneAnswers(t *testing.T) {

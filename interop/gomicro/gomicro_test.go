@@ -18,6 +18,7 @@ import (
 	"github.com/mustersd/muster/endpoint"
 	"github.com/mustersd/muster/internal/echo"
 	"github.com/mustersd/muster/internal/etcdtest"
+	"github.com/mustersd/muster/internal/testx"
 	"github.com/mustersd/muster/interop/internal/itest"
 	"github.com/mustersd/muster/registry"
 	"github.com/mustersd/muster/resolver"
@@ -312,30 +313,8 @@ func TestGoMicroBadValues(t *testing.T) {
 	if st.Snapshot.Skipped != 3 || len(st.Snapshot.Endpoints) != 1 || st.Snapshot.Endpoints[0].Addr != g.Addr {
 		t.Fatalf("Muster reads %+v, want g0 and 3 skipped", st.Snapshot)
 	}
-	if n := malformed(t, reg, "/micro/registry/greeter/"); n < 3 {
+	if n := testx.Metric(t, reg, "muster_discovery_malformed_values_total", "prefix=/micro/registry/greeter/"); n < 3 {
 		t.Fatalf("muster_discovery_malformed_values_total = %v, want at least 3", n)
 	}
 	itest.WaitReached(t, musterClient(t, cli, "muster:///greeter?format=go-micro"), "g0")
-}
-
-// malformed reads discovery's counter of malformed values for prefix.
-func malformed(t *testing.T, reg *prometheus.Registry, prefix string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "muster_discovery_malformed_values_total" {
-			continue
-		}
-		for _, mt := range mf.GetMetric() {
-			for _, l := range mt.GetLabel() {
-				if l.GetName() == "prefix" && l.GetValue() == prefix {
-					return mt.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
 }
