@@ -161,7 +161,7 @@ func (b *p2cBalancer) EachEndpoint(f func(addr string, c *lbutil.Counters)) {
 	for a, s := range b.stats {
 		var c lbutil.Counters
 		c.Picks.Store(s.picks())
-		c.Errors.Store(s.counters.Errors.Load())
+		c.Errors.Store(s.errors.Load())
 		f(a, &c)
 	}
 }
@@ -311,9 +311,9 @@ type stats struct {
 	// add instead of two. 2^24 RPCs in flight on one endpoint would carry
 	// into the picks; gRPC's stream limits keep far below that.
 	flight   atomic.Uint64
-	lastPick atomic.Int64 // clock() of the last pick, to a millisecond or so
-	counters lbutil.Counters
-	_        [24]byte // to 64 bytes: endpoints do not share a cache line
+	lastPick atomic.Int64  // clock() of the last pick, to a millisecond or so
+	errors   atomic.Uint64 // failed RPCs, cancellations by the caller excluded
+	_        [32]byte      // to 64 bytes: endpoints do not share a cache line
 }
 
 const (
@@ -492,7 +492,7 @@ func (c *call) finish(info balancer.DoneInfo) {
 			observe = false // the caller gave up; says nothing of the instance
 		}
 		if observe {
-			s.counters.Errors.Add(1)
+			s.errors.Add(1)
 		}
 	}
 	switch {
