@@ -106,9 +106,9 @@ func runChild(cfg config) error {
 	slots = make([]atomic.Pointer[[]string], cfg.resolvers)
 	clis := make([]*clientv3.Client, cfg.etcdClients)
 	for i := range clis {
-		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{cfg.etcd}, DialTimeout: 5 * time.Second})
+		cli, err := benchenv.Client(cfg.etcd)
 		if err != nil {
-			return fmt.Errorf("etcd client: %w", err)
+			return err
 		}
 		defer cli.Close()
 		clis[i] = cli

@@ -17,8 +17,6 @@ import (
 	"syscall"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/mustersd/muster/bench/internal/benchenv"
 	"github.com/mustersd/muster/endpoint"
 	"github.com/mustersd/muster/registry"
@@ -65,9 +63,9 @@ func runParent(cfg config) error {
 		return err
 	}
 	defer e.Stop()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.URL}, DialTimeout: 5 * time.Second})
+	cli, err := benchenv.Client(e.URL)
 	if err != nil {
-		return fmt.Errorf("etcd client: %w", err)
+		return err
 	}
 	defer cli.Close()
 

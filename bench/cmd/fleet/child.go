@@ -18,7 +18,6 @@ import (
 	"syscall"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	etcdresolver "go.etcd.io/etcd/client/v3/naming/resolver"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/balancer"
@@ -158,9 +157,9 @@ func runClient(cfg config) error {
 	target := ""
 	switch cfg.system {
 	case sysMuster, sysEtcd, sysProxy:
-		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{cfg.etcd}, DialTimeout: 5 * time.Second})
+		cli, err := benchenv.Client(cfg.etcd)
 		if err != nil {
-			return fmt.Errorf("etcd client: %w", err)
+			return err
 		}
 		defer cli.Close()
 		opts = append(opts, grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"`+recordName+`":{}}]}`))
@@ -255,9 +254,9 @@ func runServer(cfg config) error {
 	)
 	switch cfg.role {
 	case "xds":
-		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{cfg.etcd}, DialTimeout: 5 * time.Second})
+		cli, err := benchenv.Client(cfg.etcd)
 		if err != nil {
-			return fmt.Errorf("etcd client: %w", err)
+			return err
 		}
 		defer cli.Close()
 		srv, err := xds.New(cli, xds.WithLogger(log))
@@ -266,9 +265,9 @@ func runServer(cfg config) error {
 		}
 		serve, stop = func() error { return srv.Serve(lis) }, func() { srv.Close() }
 	case "proxy":
-		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{cfg.etcd}, DialTimeout: 5 * time.Second, DialOptions: proxy.DialOptions()})
+		cli, err := benchenv.Client(cfg.etcd, proxy.DialOptions()...)
 		if err != nil {
-			return fmt.Errorf("etcd client: %w", err)
+			return err
 		}
 		defer cli.Close()
 		p, err := proxy.New(cli, proxy.WithLogger(log))

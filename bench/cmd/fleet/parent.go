@@ -49,9 +49,9 @@ func runParent(cfg config) error {
 		return err
 	}
 	defer e.Stop()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.URL}, DialTimeout: 5 * time.Second})
+	cli, err := benchenv.Client(e.URL)
 	if err != nil {
-		return fmt.Errorf("etcd client: %w", err)
+		return err
 	}
 	defer cli.Close()
 	host := strings.TrimPrefix(e.URL, "http://")

@@ -14,9 +14,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc"
 )
 
 // Etcd is one fresh single-node etcd running in this process.
@@ -181,4 +183,15 @@ func (t *logTail) logger() *zap.Logger {
 	enc := zap.NewDevelopmentEncoderConfig()
 	enc.EncodeTime = zapcore.TimeEncoderOfLayout("15:04:05.000")
 	return zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(enc), t, zap.WarnLevel))
+}
+
+// Client returns an etcd client of endpoint (a URL or host:port) with a 5s
+// dial timeout and extra gRPC dial options, as the benchmark programs'
+// processes use it.
+func Client(endpoint string, dial ...grpc.DialOption) (*clientv3.Client, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, DialOptions: dial})
+	if err != nil {
+		return nil, fmt.Errorf("etcd client of %s: %w", endpoint, err)
+	}
+	return cli, nil
 }
