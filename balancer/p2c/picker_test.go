@@ -1,6 +1,7 @@
 package p2c
 
 import (
+	"math"
 	"testing"
 	"time"
 
@@ -21,7 +22,7 @@ func newTestPicker(n int) (*picker, []*fixedPicker) {
 	if err != nil {
 		panic(err)
 	}
-	p := &picker{invDecay: cfg.invDecay(), penalty: float64(time.Duration(cfg.FailurePenalty).Microseconds()), probe: int64(time.Duration(cfg.ProbeInterval))}
+	p := &picker{decay: newDecay(cfg.invDecay()), penalty: float64(time.Duration(cfg.FailurePenalty).Microseconds()), probe: int64(time.Duration(cfg.ProbeInterval))}
 	var fs []*fixedPicker
 	for i := range n {
 		f := &fixedPicker{n: i}
@@ -50,26 +51,30 @@ func TestPickAllocatesNothing(t *testing.T) {
 	}
 }
 
+// ms is a clock() reading in the milliseconds the estimates use.
+func ms(clock int64) uint32 { return uint32(clock / 1e6) }
+
 func TestPeakEWMA(t *testing.T) {
 	const invDecay = 1.0 / 1000 // 1s
+	d := newDecay(invDecay)
 	s := &stats{}
 	now := int64(time.Hour) // any time
 	s.reset(1000, now)      // 1ms
 	// A spike is taken at once.
-	s.observe(50_000, now+int64(time.Millisecond), invDecay)
-	if got := s.estimate(now+int64(time.Millisecond), invDecay); got != 50_000 {
+	s.observe(50_000, ms(now+int64(time.Millisecond)), invDecay)
+	if got := s.estimate(ms(now+int64(time.Millisecond)), d); got != 50_000 {
 		t.Fatalf("after a 50ms sample the estimate is %vµs, want 50000", got)
 	}
 	// Lower samples pull it down gradually: one decay time later, 63% of
 	// the way.
-	s.observe(1000, now+int64(time.Second)+int64(time.Millisecond), invDecay)
-	got := s.estimate(now+int64(time.Second)+int64(time.Millisecond), invDecay)
+	s.observe(1000, ms(now+int64(time.Second)+int64(time.Millisecond)), invDecay)
+	got := s.estimate(ms(now+int64(time.Second)+int64(time.Millisecond)), d)
 	want := 50_000*0.3679 + 1000*0.6321
 	if got < want*0.99 || got > want*1.01 {
 		t.Fatalf("one decay time after the spike the estimate is %vµs, want about %vµs", got, want)
 	}
 	// Unobserved, it decays towards zero, so the endpoint is tried again.
-	later := s.estimate(now+int64(5*time.Second), invDecay)
+	later := s.estimate(ms(now+int64(5*time.Second)), d)
 	if later > got*0.05 {
 		t.Fatalf("4s without samples the estimate is %vµs, want under 5%% of %v", later, got)
 	}
@@ -189,7 +194,7 @@ func TestProbe(t *testing.T) {
 		t.Fatalf("the avoided endpoint got %d of 100 picks, want 1 probe", picks)
 	}
 	probe.Done(balancer.DoneInfo{}) // answered at once: healthy again
-	if c := slow.estimate(clock(), p.invDecay); c > 10_000 {
+	if c := slow.estimate(ms(clock()), p.decay); c > 10_000 {
 		t.Fatalf("after a fast probe the estimate is still %vµs", c)
 	}
 }
@@ -214,5 +219,51 @@ func TestTiesSpread(t *testing.T) {
 	}
 	if first < 1700 || first > 2300 {
 		t.Fatalf("the endpoint 10%% cheaper got %d of 4000 picks, want about half", first)
+	}
+}
+
+// TestExpNeg: the estimates' decay agrees with math.Exp.
+func TestExpNeg(t *testing.T) {
+	check := func(x float64) {
+		t.Helper()
+		got, want := expNeg(x), math.Exp(-x)
+		if want == 0 || want < 1e-300 {
+			if got > 1e-300 {
+				t.Fatalf("expNeg(%v) = %v, want about %v", x, got, want)
+			}
+			return
+		}
+		if math.Abs(got-want)/want > 2e-7 {
+			t.Fatalf("expNeg(%v) = %v, want %v (relative error %.2g)", x, got, want, math.Abs(got-want)/want)
+		}
+	}
+	for x := 0.0; x < 800; x += 0.0007 {
+		check(x)
+	}
+	for _, x := range []float64{0, 1e-12, 0.5, math.Ln2, 1, 10, 693, 694, 1000, 1e9, math.Inf(1)} {
+		check(x)
+	}
+	if got := expNeg(math.NaN()); got != 0 {
+		t.Fatalf("expNeg(NaN) = %v, want 0", got)
+	}
+}
+
+// TestDecayFactor: the table-driven decay agrees with math.Exp at every
+// age, on either side of the tables' end.
+func TestDecayFactor(t *testing.T) {
+	for _, decayMs := range []float64{1, 10, 1000, 10_000, 3_600_000} {
+		d := newDecay(1 / decayMs)
+		for age := uint32(0); age < 10_000; age++ {
+			got, want := d.factor(age), math.Exp(-float64(age)/decayMs)
+			if want < 1e-300 {
+				if got > 1e-300 {
+					t.Fatalf("decay %vms, age %dms: factor %v, want about %v", decayMs, age, got, want)
+				}
+				continue
+			}
+			if math.Abs(got-want)/want > 2e-7 {
+				t.Fatalf("decay %vms, age %dms: factor %v, want %v", decayMs, age, got, want)
+			}
+		}
 	}
 }
