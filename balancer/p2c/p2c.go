@@ -12,10 +12,15 @@
 // probeInterval (default 1s) is picked anyway, once, as a probe, and the
 // probe's latency replaces its estimate: an instance avoided after one slow
 // answer (a garbage collection, a noisy neighbour) wins its traffic back
-// within about a second, while a slow one gets one request a second per
-// client. Unpicked, an estimate also decays towards zero. A new endpoint, or one that becomes READY
-// again, starts from the median estimate of its peers rather than from zero,
-// so that a fresh instance is not flooded before it has answered once.
+// within about a second. A probe whose answer would still lose doubles the
+// wait before the next one, up to maxProbeInterval (default 8s), so that a
+// persistently slow instance gets one request every 8 seconds per client
+// rather than one a second; so does any failure, and an answer that would
+// win halves it.
+// Unpicked, an estimate also decays towards zero. A new endpoint, or one
+// that becomes READY again, starts from the median estimate of its peers
+// rather than from zero, so that a fresh instance is not flooded before it
+// has answered once.
 //
 // Two costs within 20% of each other count as equal, so that instances
 // alike share the load evenly rather than by noise.
@@ -56,9 +61,10 @@ const Name = "muster_p2c"
 
 // Defaults of Config.
 const (
-	DefaultDecay          = 10 * time.Second
-	DefaultFailurePenalty = time.Second
-	DefaultProbeInterval  = time.Second
+	DefaultDecay            = 10 * time.Second
+	DefaultFailurePenalty   = time.Second
+	DefaultProbeInterval    = time.Second
+	DefaultMaxProbeInterval = 8 * time.Second
 )
 
 func init() {
@@ -81,6 +87,10 @@ type Config struct {
 	// ProbeInterval is how long an endpoint may go unpicked before it is
 	// picked once as a probe, to measure it afresh. Default 1s.
 	ProbeInterval lbutil.Duration `json:"probeInterval,omitempty"`
+	// MaxProbeInterval is how far the wait between probes of an endpoint
+	// grows, doubling from ProbeInterval, while each probe finds it still
+	// slower than its rival. Default 8s (or ProbeInterval, if longer).
+	MaxProbeInterval lbutil.Duration `json:"maxProbeInterval,omitempty"`
 
 	// The zone preference: zone (default $MUSTER_ZONE) and minLocalReady.
 	lbutil.Zone
@@ -116,6 +126,13 @@ func ParseConfig(js json.RawMessage) (*Config, error) {
 	}
 	if c.ProbeInterval < lbutil.Duration(time.Millisecond) {
 		return nil, fmt.Errorf("%s: config: probeInterval: %v is under 1ms", Name, time.Duration(c.ProbeInterval))
+	}
+	if c.MaxProbeInterval == 0 {
+		c.MaxProbeInterval = max(lbutil.Duration(DefaultMaxProbeInterval), c.ProbeInterval)
+	}
+	if c.MaxProbeInterval < c.ProbeInterval {
+		return nil, fmt.Errorf("%s: config: maxProbeInterval: %v is under probeInterval %v", Name,
+			time.Duration(c.MaxProbeInterval), time.Duration(c.ProbeInterval))
 	}
 	if c.Decay < lbutil.Duration(time.Millisecond) {
 		return nil, fmt.Errorf("%s: config: decay: %v is under 1ms", Name, time.Duration(c.Decay))
@@ -262,6 +279,7 @@ func (b *p2cBalancer) UpdateState(s balancer.State) {
 		decay:   b.decay,
 		penalty: float64(time.Duration(cfg.FailurePenalty).Microseconds()),
 		probe:   int64(time.Duration(cfg.ProbeInterval)),
+		maxGap:  int64(time.Duration(cfg.MaxProbeInterval)),
 	}
 	for i, m := range members {
 		p.members[i] = member{picker: m.Picker, stats: b.stats[m.Addr]}
@@ -317,7 +335,10 @@ type stats struct {
 	flight   atomic.Uint64
 	lastPick atomic.Int64  // clock() of the last pick, to a millisecond or so
 	errors   atomic.Uint64 // failed RPCs, cancellations by the caller excluded
-	_        [32]byte      // to 64 bytes: endpoints do not share a cache line
+	// probeGap is the wait before the next probe, in ns, once probes
+	// have found the endpoint still slow; 0 means the probe interval.
+	probeGap atomic.Int64
+	_        [24]byte // to 64 bytes: endpoints do not share a cache line
 }
 
 const (
@@ -456,6 +477,7 @@ type picker struct {
 	decay   *decay
 	penalty float64 // microseconds
 	probe   int64   // probe interval, ns
+	maxGap  int64   // the longest wait between probes, ns
 }
 
 func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
@@ -482,15 +504,21 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 		// taking almost everything while no RPC is in flight.
 		m = a
 		loser := b
+		c.rival = cb
 		if cb < ca*(1-tieMargin) {
 			m, loser = b, a
+			c.rival = ca
 		}
-		// A loser left alone for the probe interval is measured afresh;
-		// the CAS lets one pick among concurrent ones do it.
-		if last := loser.stats.lastPick.Load(); now-last > p.probe && loser.stats.pending() == 0 &&
-			loser.stats.lastPick.CompareAndSwap(last, now) {
+		// A loser left alone for the probe interval (or the longer gap
+		// earlier probes left) is measured afresh; the CAS lets one pick
+		// among concurrent ones do it.
+		if last := loser.stats.lastPick.Load(); now-last > max(p.probe, loser.stats.probeGap.Load()) &&
+			loser.stats.pending() == 0 && loser.stats.lastPick.CompareAndSwap(last, now) {
 			m, probe = loser, true
+			c.rival = min(ca, cb)
 		}
+	} else {
+		c.rival = math.Inf(1)
 	}
 	res, err := m.picker.Pick(info)
 	if err != nil {
@@ -511,6 +539,7 @@ type call struct {
 	stats     *stats
 	start     int64
 	probe     bool
+	rival     float64 // the cost of the endpoint the picked one was compared with
 	p         *picker
 	childDone func(balancer.DoneInfo)
 	done      func(balancer.DoneInfo)
@@ -540,17 +569,18 @@ func newCall() any {
 
 func (c *call) finish(info balancer.DoneInfo) {
 	now := clock()
-	s, p, childDone, probe := c.stats, c.p, c.childDone, c.probe
+	s, p, childDone, probe, rival := c.stats, c.p, c.childDone, c.probe, c.rival
 	sample := float64(now-c.start) * 1e-3 // µs
 	c.stats, c.p, c.childDone, c.probe = nil, nil, nil, false
 	calls.Put(c)
 
 	s.flight.Add(flightDone)
-	observe := true
+	observe, trouble := true, false
 	if info.Err != nil {
 		switch status.Code(info.Err) {
 		case codes.Unavailable, codes.ResourceExhausted, codes.DeadlineExceeded, codes.Internal:
 			sample = max(sample, p.penalty)
+			trouble = true
 		case codes.Canceled:
 			observe = false // the caller gave up; says nothing of the instance
 		}
@@ -558,11 +588,29 @@ func (c *call) finish(info balancer.DoneInfo) {
 			s.errors.Add(1)
 		}
 	}
-	switch {
-	case observe && probe:
-		s.replace(sample, now)
-	case observe:
-		s.observe(sample, uint32(now/1e6), p.decay.inv*sampleDecayFactor)
+	if observe {
+		if probe {
+			s.replace(sample, now)
+		} else {
+			s.observe(sample, uint32(now/1e6), p.decay.inv*sampleDecayFactor)
+		}
+		// The wait before the next probe doubles when a probe, or any
+		// failure, shows the endpoint still worse than the rival it was
+		// compared with, and halves when an answer shows it better: a
+		// slow instance is probed ever less often, one that fails half
+		// its calls does not win back every other probe's worth of
+		// traffic, and a hiccup (one slow answer, no failure) leaves the
+		// wait alone.
+		if rival < sample*(1-tieMargin) {
+			if probe || trouble {
+				s.probeGap.Store(min(2*max(s.probeGap.Load(), p.probe), p.maxGap))
+			}
+		} else if g := s.probeGap.Load(); g != 0 {
+			if g /= 2; g < p.probe {
+				g = 0
+			}
+			s.probeGap.Store(g)
+		}
 	}
 	if childDone != nil {
 		childDone(info)

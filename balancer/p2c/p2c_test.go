@@ -123,13 +123,18 @@ func TestParseConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if time.Duration(c.Decay) != p2c.DefaultDecay || time.Duration(c.FailurePenalty) != p2c.DefaultFailurePenalty {
+	if time.Duration(c.Decay) != p2c.DefaultDecay || time.Duration(c.FailurePenalty) != p2c.DefaultFailurePenalty ||
+		time.Duration(c.ProbeInterval) != p2c.DefaultProbeInterval || time.Duration(c.MaxProbeInterval) != p2c.DefaultMaxProbeInterval {
 		t.Fatalf("defaults: %+v", c)
+	}
+	if c, err := p2c.ParseConfig([]byte(`{"probeInterval":"20s"}`)); err != nil || time.Duration(c.MaxProbeInterval) != 20*time.Second {
+		t.Fatalf(`ParseConfig({"probeInterval":"20s"}) = %+v, %v; want maxProbeInterval 20s`, c, err)
 	}
 	for _, tc := range []struct{ js, want string }{
 		{`{"decay":"0.1ms"}`, "decay"},
 		{`{"decay":10}`, "duration"},
 		{`{"failurePenalty":"-1s"}`, "failurePenalty"},
+		{`{"probeInterval":"2s","maxProbeInterval":"1s"}`, "maxProbeInterval"},
 		{`{"minLocalReady":2}`, "minLocalReady"},
 	} {
 		if _, err := p2c.ParseConfig([]byte(tc.js)); err == nil || !strings.Contains(err.Error(), tc.want) {

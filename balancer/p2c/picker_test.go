@@ -22,7 +22,8 @@ func newTestPicker(n int) (*picker, []*fixedPicker) {
 	if err != nil {
 		panic(err)
 	}
-	p := &picker{decay: newDecay(cfg.invDecay()), penalty: float64(time.Duration(cfg.FailurePenalty).Microseconds()), probe: int64(time.Duration(cfg.ProbeInterval))}
+	p := &picker{decay: newDecay(cfg.invDecay()), penalty: float64(time.Duration(cfg.FailurePenalty).Microseconds()), probe: int64(time.Duration(cfg.ProbeInterval)),
+		maxGap: int64(time.Duration(cfg.MaxProbeInterval))}
 	var fs []*fixedPicker
 	for i := range n {
 		f := &fixedPicker{n: i}
@@ -196,6 +197,82 @@ func TestProbe(t *testing.T) {
 	probe.Done(balancer.DoneInfo{}) // answered at once: healthy again
 	if c := slow.estimate(ms(clock()), p.decay); c > 10_000 {
 		t.Fatalf("after a fast probe the estimate is still %vµs", c)
+	}
+}
+
+// TestProbeBackoff: probes that find an endpoint still slower than its
+// rival wait twice as long each time, up to the longest gap; answers that
+// would win halve the wait, and failures double it.
+func TestProbeBackoff(t *testing.T) {
+	p, _ := newTestPicker(2)
+	p.probe, p.maxGap = int64(5*time.Millisecond), int64(20*time.Millisecond)
+	now := clock()
+	fast, slow := p.members[0].stats, p.members[1].stats
+	fast.reset(1000, now)
+	slow.reset(50_000, now)
+	slow.lastPick.Store(now - int64(time.Second))
+
+	// nextProbe picks until the slow endpoint gets a probe and returns the
+	// probe's RPC and the clock() reading of its Pick.
+	nextProbe := func() (balancer.PickResult, int64) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			res, err := p.Pick(balancer.PickInfo{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if slow.pending() == 1 {
+				return res, slow.lastPick.Load() // the probe's Pick time
+			}
+			res.Done(balancer.DoneInfo{Err: status.Error(codes.Canceled, "")})
+		}
+		t.Fatal("no probe of the slow endpoint within 10s")
+		return balancer.PickResult{}, 0
+	}
+	unavailable := balancer.DoneInfo{Err: status.Error(codes.Unavailable, "")}
+
+	probe, last := nextProbe()
+	probe.Done(unavailable) // counts as the 500ms penalty: still the loser
+	for _, want := range []time.Duration{10 * time.Millisecond, 20 * time.Millisecond, 20 * time.Millisecond} {
+		if got := time.Duration(slow.probeGap.Load()); got != want {
+			t.Fatalf("after a failed probe the wait is %v, want %v", got, want)
+		}
+		probe, at := nextProbe()
+		if gap := time.Duration(at - last); gap < want {
+			t.Fatalf("a probe came %v after the previous one, want at least %v", gap, want)
+		}
+		last = at
+		probe.Done(unavailable)
+	}
+	probe, _ = nextProbe()
+	probe.Done(balancer.DoneInfo{}) // answered at once: faster than its 1ms rival
+	if got := time.Duration(slow.probeGap.Load()); got != 10*time.Millisecond {
+		t.Fatalf("after a fast probe the wait is %v, want it halved to 10ms", got)
+	}
+	// Now the faster one, it wins every pick; two more fast answers bring
+	// the wait down to the probe interval.
+	for range 2 {
+		res, err := p.Pick(balancer.PickInfo{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if slow.pending() != 1 {
+			t.Fatal("the endpoint that answered its probe fastest lost a pick")
+		}
+		res.Done(balancer.DoneInfo{})
+	}
+	if got := slow.probeGap.Load(); got != 0 {
+		t.Fatalf("after three fast answers the wait is %v, want 0 (the probe interval)", time.Duration(got))
+	}
+	// A failure, probe or not, doubles it again.
+	res, err := p.Pick(balancer.PickInfo{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Done(unavailable)
+	if got := time.Duration(slow.probeGap.Load()); got != 10*time.Millisecond {
+		t.Fatalf("after a failure the wait is %v, want 10ms", got)
 	}
 }
 
