@@ -79,8 +79,8 @@ type runResult struct {
 	rpcs             []rpc
 	wall             time.Duration
 	err              error
-	tries            int           // runs made; the last is kept unless all were disturbed
-	maxLag           time.Duration // the worst lag of a send behind its schedule
+	runs             int           // runs made, over all rounds, reruns of disturbed ones included
+	maxLag           time.Duration // the worst lag of a send behind its schedule, in the runs kept
 }
 
 // disturbed reports whether the host stalled the run: a send was more than
@@ -88,10 +88,10 @@ type runResult struct {
 // means the process did not get a CPU; RPCs in flight then were stalled too.
 func (r runResult) disturbed(maxLag time.Duration) bool { return r.maxLag > maxLag }
 
-// runPolicy dials the fleet with policy, sends cfg.warmup of load, then
-// cfg.rpcs measured RPCs. midway, if not nil, is called once, just before
-// RPC cfg.rpcs/2 is sent.
-func runPolicy(ctx context.Context, cfg config, f *fleet, policy, scenario string, midway func()) runResult {
+// runPolicy dials the fleet with policy, sends cfg.warmup of load, then n
+// measured RPCs. midway, if not nil, is called once, just before RPC n/2 is
+// sent.
+func runPolicy(ctx context.Context, cfg config, f *fleet, policy, scenario string, n int, midway func()) runResult {
 	res := runResult{policy: policy, scenario: scenario}
 	sc := fmt.Sprintf(`{"loadBalancingConfig":[{%q:{}}]}`, policy)
 	cc, err := grpc.NewClient("muster-static:///bench",
@@ -113,7 +113,7 @@ func runPolicy(ctx context.Context, cfg config, f *fleet, policy, scenario strin
 		send(ctx, cfg, cc, f, warm, interval, nil)
 	}
 	start := time.Now()
-	res.rpcs = send(ctx, cfg, cc, f, cfg.rpcs, interval, midway)
+	res.rpcs = send(ctx, cfg, cc, f, n, interval, midway)
 	res.wall = time.Since(start)
 	for _, c := range res.rpcs {
 		res.maxLag = max(res.maxLag, c.lag)
@@ -177,8 +177,9 @@ func send(ctx context.Context, cfg config, cc *grpc.ClientConn, f *fleet, n int,
 	return out
 }
 
-// runScenario sets the fleet up for scenario sc and runs policy on it.
-func runScenario(ctx context.Context, cfg config, f *fleet, policy, sc string) runResult {
+// runScenario sets the fleet up for scenario sc and runs policy on it, n
+// measured RPCs.
+func runScenario(ctx context.Context, cfg config, f *fleet, policy, sc string, n int) runResult {
 	f.reset(cfg.fast)
 	var midway func()
 	switch sc {
@@ -189,10 +190,17 @@ func runScenario(ctx context.Context, cfg config, f *fleet, policy, sc string) r
 	case scFailing:
 		f.servers[f.bad()].SetFailEvery(cfg.failEvery)
 	}
-	return runPolicy(ctx, cfg, f, policy, sc, midway)
+	return runPolicy(ctx, cfg, f, policy, sc, n, midway)
 }
 
 // run runs every scenario with every policy and prints the tables.
+//
+// A scenario's RPCs for each policy are split into cfg.rounds runs. Each
+// round runs every policy once, one after the other, starting one policy
+// further along the list than the round before; a policy's rows pool its
+// rounds. Whatever the host does during a scenario (a stall, another
+// process's burst) thus falls on every policy alike, rather than on the one
+// that happened to run then.
 func run(ctx context.Context, cfg config) error {
 	f, err := startFleet()
 	if err != nil {
@@ -203,32 +211,55 @@ func run(ctx context.Context, cfg config) error {
 	printHeader(os.Stdout, cfg)
 	var all []runResult
 	for _, sc := range cfg.scenarios {
-		for _, pol := range cfg.policies {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			var best runResult
-			for try := 1; try <= cfg.tries; try++ {
-				fmt.Fprintf(os.Stderr, "balance: %s with %s (try %d) ...\n", sc, pol, try)
-				r := runScenario(ctx, cfg, f, pol, sc)
-				if r.err != nil {
-					return fmt.Errorf("%s with %s: %w", sc, pol, r.err)
-				}
-				if try == 1 || r.maxLag < best.maxLag {
-					best = r
-				}
-				best.tries = try
-				if !r.disturbed(cfg.maxLag) {
-					best = r
-					best.tries = try
-					break
-				}
-				fmt.Fprintf(os.Stderr, "balance: %s with %s: disturbed (a send %v late), again\n", sc, pol, r.maxLag.Round(time.Millisecond))
-			}
-			all = append(all, best)
+		pooled := make([]runResult, len(cfg.policies))
+		for i, pol := range cfg.policies {
+			pooled[i] = runResult{policy: pol, scenario: sc}
 		}
+		for round := range cfg.rounds {
+			for k := range cfg.policies {
+				i := (k + round) % len(cfg.policies)
+				r, err := runTries(ctx, cfg, f, cfg.policies[i], sc, round)
+				if err != nil {
+					return err
+				}
+				p := &pooled[i]
+				p.rpcs = append(p.rpcs, r.rpcs...)
+				p.wall += r.wall
+				p.runs += r.runs
+				p.maxLag = max(p.maxLag, r.maxLag)
+			}
+		}
+		all = append(all, pooled...)
 	}
 	f.reset(cfg.fast)
 	printTables(os.Stdout, cfg, f, all)
 	return nil
+}
+
+// runTries runs one round of policy in scenario sc, again while the host
+// disturbs it, up to cfg.tries times; it keeps the first undisturbed run,
+// or else the least disturbed one.
+func runTries(ctx context.Context, cfg config, f *fleet, pol, sc string, round int) (runResult, error) {
+	var best runResult
+	for try := 1; try <= cfg.tries; try++ {
+		if err := ctx.Err(); err != nil {
+			return best, err
+		}
+		fmt.Fprintf(os.Stderr, "balance: %s with %s, round %d of %d (try %d) ...\n", sc, pol, round+1, cfg.rounds, try)
+		r := runScenario(ctx, cfg, f, pol, sc, cfg.perRound())
+		if r.err != nil {
+			return best, fmt.Errorf("%s with %s: %w", sc, pol, r.err)
+		}
+		if try == 1 || r.maxLag < best.maxLag {
+			best = r
+		}
+		best.runs = try
+		if !r.disturbed(cfg.maxLag) {
+			best = r
+			best.runs = try
+			return best, nil
+		}
+		fmt.Fprintf(os.Stderr, "balance: %s with %s: disturbed (a send %v late), again\n", sc, pol, r.maxLag.Round(time.Millisecond))
+	}
+	return best, nil
 }

@@ -5,15 +5,15 @@
 // latency percentiles, the errors and the share of RPCs each policy sends
 // to the one backend that misbehaves.
 //
-// Scenarios, each run once per policy:
+// Scenarios, each run for every policy in -rounds rounds (see run):
 //
 //   - healthy: the four backends answer after -fast (1ms). The p99 of the
 //     round_robin and muster_p2c runs pooled is the baseline the other
 //     scenarios' p99s are divided by.
 //   - slow: one backend (b3) answers after -slow (10ms) from the start.
-//   - midway: b3 is as fast as the others until half of the RPCs have been
-//     sent, then answers after -slow; its share counts the RPCs sent after
-//     the change.
+//   - midway: b3 is as fast as the others until half of a round's RPCs
+//     have been sent, then answers after -slow; its share counts the RPCs
+//     sent after the change.
 //   - failing: b3 answers Unavailable to every -fail-every'th call (2: half
 //     of them), at the same speed as the others.
 //
@@ -91,6 +91,7 @@ type config struct {
 	scenarios  []string
 	cpuprofile string
 	tries      int
+	rounds     int
 	maxLag     time.Duration
 }
 
@@ -101,7 +102,8 @@ func main() {
 		scenarios string
 	)
 	flag.Float64Var(&cfg.rps, "rps", 400, "RPCs per second, sent on a fixed schedule whatever the answers do")
-	flag.IntVar(&cfg.rpcs, "rpcs", 4000, "measured RPCs per policy and scenario")
+	flag.IntVar(&cfg.rpcs, "rpcs", 4000, "measured RPCs per policy and scenario, over all rounds")
+	flag.IntVar(&cfg.rounds, "rounds", 4, "runs of each policy per scenario, interleaved with the other policies' (see run)")
 	flag.DurationVar(&cfg.warmup, "warmup", time.Second, "load sent before the measured RPCs of each run, not measured")
 	flag.DurationVar(&cfg.fast, "fast", time.Millisecond, "how long a healthy backend takes to answer")
 	flag.DurationVar(&cfg.slow, "slow", 10*time.Millisecond, "how long the slow backend takes to answer (slow and midway)")
@@ -148,6 +150,9 @@ func main() {
 	}
 }
 
+// perRound is the measured RPCs of one run: -rpcs split over -rounds.
+func (c *config) perRound() int { return c.rpcs / c.rounds }
+
 func (c *config) validate(policies, scenarios string) error {
 	if !(c.rps > 0 && c.rps <= 100000) {
 		return fmt.Errorf("-rps %v: want more than 0 and at most 100000", c.rps)
@@ -169,6 +174,9 @@ func (c *config) validate(policies, scenarios string) error {
 	}
 	if c.rpcTimeout <= 0 {
 		return fmt.Errorf("-rpc-timeout %v: want more than 0", c.rpcTimeout)
+	}
+	if c.rounds < 1 || c.rpcs/c.rounds < 100 {
+		return fmt.Errorf("-rounds %d: want at least 1 and at least 100 RPCs (-rpcs %d) per round", c.rounds, c.rpcs)
 	}
 	if c.tries < 1 {
 		return fmt.Errorf("-tries %d: want at least 1", c.tries)

@@ -16,13 +16,15 @@ import (
 )
 
 func printHeader(w io.Writer, cfg config) {
-	fmt.Fprintf(w, "load-balancing benchmark: %d echo backends on 127.0.0.1, open loop at %.0f RPC/s, %d measured RPCs per policy and scenario after %v of warm-up\n",
-		backends, cfg.rps, cfg.rpcs, cfg.warmup)
+	fmt.Fprintf(w, "load-balancing benchmark: %d echo backends on 127.0.0.1, open loop at %.0f RPC/s, %d measured RPCs per policy and scenario\n",
+		backends, cfg.rps, cfg.rpcs)
+	fmt.Fprintf(w, "in %d rounds of %d RPCs after %v of warm-up each; a round runs every policy once, starting one further along the list each time\n",
+		cfg.rounds, cfg.perRound(), cfg.warmup)
 	fmt.Fprintf(w, "host: %s %s/%s, %d CPUs, GOMAXPROCS %d; load average %s at the start\n",
 		runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0), loadAvg())
 	fmt.Fprintf(w, "modules: %s\n", moduleVersions())
-	fmt.Fprintf(w, "backends: b0..b3 answer after %v; slow: b3 after %v; midway: b3 after %v from RPC %d on; failing: b3 answers Unavailable to 1 call in %d\n\n",
-		cfg.fast, cfg.slow, cfg.slow, cfg.rpcs/2, cfg.failEvery)
+	fmt.Fprintf(w, "backends: b0..b3 answer after %v; slow: b3 after %v; midway: b3 after %v from RPC %d of each round on; failing: b3 answers Unavailable to 1 call in %d\n\n",
+		cfg.fast, cfg.slow, cfg.slow, cfg.perRound()/2, cfg.failEvery)
 }
 
 // stats summarises one run.
@@ -143,7 +145,7 @@ func printTables(w io.Writer, cfg config, f *fleet, all []runResult) {
 		if sc == scMidway {
 			head += "p99 after ms\t"
 		}
-		head += "lag max ms\ttries\t"
+		head += "lag max ms\truns\t"
 		fmt.Fprintln(tw, head)
 		for _, r := range runs {
 			s := summarise(r, f.bad())
@@ -158,11 +160,11 @@ func printTables(w io.Writer, cfg config, f *fleet, all []runResult) {
 			if sc == scMidway {
 				line += ms(s.p99After) + "\t"
 			}
-			tries := fmt.Sprint(r.tries)
+			runs := fmt.Sprint(r.runs)
 			if r.disturbed(cfg.maxLag) {
-				tries += "!"
+				runs += "!"
 			}
-			line += ms(r.maxLag) + "\t" + tries + "\t"
+			line += ms(r.maxLag) + "\t" + runs + "\t"
 			fmt.Fprintln(tw, line)
 		}
 		tw.Flush()
@@ -185,8 +187,9 @@ func printTables(w io.Writer, cfg config, f *fleet, all []runResult) {
 		"b3 in tail: of the RPCs at or above the p99, those b3 served; the rest of the tail is the other backends' and the host's.\n"+
 		"p99/base: the run's p99 over the baseline. p99 after: midway, the p99 of the RPCs sent after b3 turned slow.\n"+
 		"lag max: how late the latest send was behind its schedule, i.e. the longest stall of this process by the host\n"+
-		"(it stalls the RPCs in flight too). tries: runs made; a run with a send more than %v late was disturbed and\n"+
-		"made again, up to %d times; ! marks a row whose every run was disturbed (the least disturbed is shown).\n",
+		"(it stalls the RPCs in flight too). runs: runs made, one per round plus reruns: a run with a send more than %v\n"+
+		"late was disturbed and made again, up to %d times; ! marks a row with a round whose every run was disturbed\n"+
+		"(the least disturbed is kept).\n",
 		cfg.maxLag, cfg.tries)
 	fmt.Fprintf(w, "load average %s at the end\n", loadAvg())
 
@@ -256,7 +259,7 @@ func describe(cfg config, sc string) string {
 	case scSlow:
 		return fmt.Sprintf("b3 answers after %v, the others after %v", cfg.slow, cfg.fast)
 	case scMidway:
-		return fmt.Sprintf("all answer after %v; from RPC %d of %d on, b3 answers after %v", cfg.fast, cfg.rpcs/2, cfg.rpcs, cfg.slow)
+		return fmt.Sprintf("all answer after %v; from RPC %d of each round's %d on, b3 answers after %v", cfg.fast, cfg.perRound()/2, cfg.perRound(), cfg.slow)
 	case scFailing:
 		return fmt.Sprintf("b3 answers Unavailable to 1 call in %d; all answer after %v", cfg.failEvery, cfg.fast)
 	}
