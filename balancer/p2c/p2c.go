@@ -4,23 +4,24 @@
 //
 // The latency estimate of an endpoint jumps to any sample above it at once
 // (a slow instance is noticed on its first slow answer) and decays towards
-// lower samples gradually: over decay/10 (1s by default) while the endpoint
-// is in use, over decay (10s) towards zero while it is not picked. A failure that
-// says the instance is in trouble (Unavailable, ResourceExhausted,
-// DeadlineExceeded, Internal) counts as a sample of at least failurePenalty.
+// lower samples gradually: over decay/50 (200ms by default) while the endpoint
+// is in use, and over decay (10s) towards zero while it is not picked. A
+// failure that says the instance is in trouble (Unavailable,
+// ResourceExhausted, DeadlineExceeded, Internal) counts as a sample of at
+// least failurePenalty. A new endpoint, or one that becomes READY again,
+// starts from the median estimate of its peers rather than from zero, so
+// that a fresh instance is not flooded before it has answered once.
+//
 // An endpoint that loses a comparison and has not been picked for
 // probeInterval (default 1s) is picked anyway, once, as a probe, and the
 // probe's latency replaces its estimate: an instance avoided after one slow
 // answer (a garbage collection, a noisy neighbour) wins its traffic back
-// within about a second. A probe whose answer would still lose doubles the
-// wait before the next one, up to maxProbeInterval (default 8s), so that a
-// persistently slow instance gets one request every 8 seconds per client
-// rather than one a second; so does any failure, and an answer that would
-// win halves it.
-// Unpicked, an estimate also decays towards zero. A new endpoint, or one
-// that becomes READY again, starts from the median estimate of its peers
-// rather than from zero, so that a fresh instance is not flooded before it
-// has answered once.
+// within about a second. Probes back off: the wait before the next probe
+// doubles, up to maxProbeInterval (default 8s), after a probe whose answer
+// would still lose to the rival it was compared with and after any
+// failure, and halves after an answer that would win. A persistently slow
+// or failing instance thus gets one request every 8 seconds per client
+// rather than one a second.
 //
 // Two costs within 20% of each other count as equal, so that instances
 // alike share the load evenly rather than by noise.
@@ -78,7 +79,7 @@ type Config struct {
 
 	// Decay is the time constant of the latency estimate of an endpoint
 	// that is not picked (it decays towards zero, so the endpoint is tried
-	// again); samples of an endpoint in use average over Decay/10. A
+	// again); samples of an endpoint in use average over Decay/50. A
 	// sample above the estimate replaces it at once. Default 10s.
 	Decay lbutil.Duration `json:"decay,omitempty"`
 	// FailurePenalty is the latency a failure that says the instance is in
@@ -304,13 +305,17 @@ func median(v []float64) float64 {
 }
 
 // sampleDecayFactor makes the samples of an endpoint in use average over
-// a tenth of the decay time (1s by default), while an endpoint left alone
-// decays over the whole of it: one hiccup (a connection's first calls, a
-// garbage collection) then fades from a busy endpoint's estimate in about a
-// second instead of making it look slow for ten, which let a truly slow
-// peer win picks back (bench/cmd/balance, "slow" scenario: 1-2% of the
-// RPCs to the slow backend before, the 0.2-0.4% probe floor after).
-const sampleDecayFactor = 10
+// a fiftieth of the decay time (200ms by default), while an endpoint left
+// alone decays over the whole of it. A hiccup that slows every RPC in
+// flight at once (the client's process stalled by the host, a garbage
+// collection) raises the estimate of every busy endpoint to the stall's
+// length but not that of an avoided slow one, which had nothing in flight;
+// until the busy ones' estimates come back down, the slow one wins
+// comparisons (seen in bench/cmd/balance: a 22 ms stall took three 1 ms
+// backends' estimates above a 10 ms one's). A tenth of the decay (1s) cut
+// the slow backend's share from 1-2% to 0.3-0.5% of the RPCs, a fiftieth
+// to 0.2-0.3% (five runs each, alternated).
+const sampleDecayFactor = 50
 
 // tieMargin is how much lower one cost must be than the other to win.
 const tieMargin = 0.2
