@@ -59,11 +59,10 @@ type message struct {
 // reads etcd's metrics.
 var keep []any
 
-// system is how one resolver is used: its target, its dial options, and the
-// key and value of an endpoint in its format.
+// system is how one resolver is used: its target, and the key and value of
+// an endpoint in its format (setup makes its dial options).
 type system struct {
 	target string
-	opts   []grpc.DialOption
 	key    func(id int) string
 	value  func(addr string) string
 	prefix string
