@@ -12,7 +12,6 @@ import (
 	mbalancer "github.com/mustersd/muster/balancer"
 	"github.com/mustersd/muster/balancer/internal/lbtest"
 	"github.com/mustersd/muster/balancer/p2c"
-	"github.com/mustersd/muster/endpoint"
 	"github.com/mustersd/muster/internal/echo"
 	"github.com/mustersd/muster/internal/etcdtest"
 	"github.com/mustersd/muster/internal/testx"
@@ -105,17 +104,12 @@ func TestNotServingGetsNoPicks(t *testing.T) {
 	lbtest.WaitAll(t, cc, "b2")
 }
 
-// TestZone: with a zone configured, traffic stays in it.
+// TestZone: lbtest.ZonePreference with muster_p2c: in-zone while healthy,
+// spill when the local endpoints go, back when they return.
 func TestZone(t *testing.T) {
-	m := etcdtest.Single(t)
-	cli := m.Client(t)
-	zones := []string{"a", "b", "a"}
-	lbtest.StartBackends(t, lbtest.Registrar(t, cli), 3, func(i int, e *endpoint.Endpoint) { e.Zone = zones[i] })
-	cc := lbtest.Dial(t, cli, strings.Replace(sc, `"decay":"1s"`, `"decay":"1s","zone":"a"`, 1))
-	lbtest.WaitAll(t, cc, "b0", "b2")
-	if got := lbtest.Spread(t, cc, 300); got["b1"] != 0 {
-		t.Fatalf("zone b got RPCs from a zone-a client: %v", got)
-	}
+	lbtest.ZonePreference(t, func(fields string) string {
+		return strings.Replace(sc, `"decay":"1s"`, `"decay":"1s",`+fields, 1)
+	})
 }
 
 func TestParseConfig(t *testing.T) {

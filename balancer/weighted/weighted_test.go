@@ -129,44 +129,9 @@ func TestNotServingGetsNoPicks(t *testing.T) {
 	lbtest.WaitAll(t, cc, "b1")
 }
 
-// TestZonePreference: a client in zone a sends everything to zone a while
-// it is healthy, spreads over every zone when zone a loses its endpoints,
-// and comes back when they return.
+// TestZonePreference: lbtest.ZonePreference with muster_weighted.
 func TestZonePreference(t *testing.T) {
-	m := etcdtest.Single(t)
-	cli := m.Client(t)
-	reg := lbtest.Registrar(t, cli)
-	zones := []string{"a", "a", "b", "b"}
-	bs := lbtest.StartBackends(t, reg, 4, func(i int, e *endpoint.Endpoint) { e.Zone = zones[i] })
-	cc := lbtest.Dial(t, cli, strings.Replace(sc, `{}`, `{"zone":"a"}`, 1))
-	lbtest.WaitAll(t, cc, "b0", "b1")
-	if got := lbtest.Spread(t, cc, 200); got["b2"]+got["b3"] != 0 {
-		t.Fatalf("with zone a healthy, zone b got RPCs: %v", got)
-	}
-
-	ctx := testx.Context(t, 10*time.Second)
-	if err := reg.Deregister(ctx, bs[0].Endpoint, bs[1].Endpoint); err != nil {
-		t.Fatal(err)
-	}
-	lbtest.WaitAll(t, cc, "b2", "b3")
-
-	if err := reg.Register(ctx, bs[0].Endpoint, bs[1].Endpoint); err != nil {
-		t.Fatal(err)
-	}
-	testx.Eventually(t, 10*time.Second, "traffic never came back to zone a", func() bool {
-		got := lbtest.Spread(t, cc, 40)
-		return got["b2"]+got["b3"] == 0
-	})
-
-	// One of two local endpoints down (50% READY, the default threshold)
-	// keeps traffic local; with minLocalReady 0.6 it spills.
-	bs[0].Health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-	testx.Eventually(t, 10*time.Second, "traffic did not settle on b1", func() bool {
-		got := lbtest.Spread(t, cc, 40)
-		return got["b1"] == 40
-	})
-	cc2 := lbtest.Dial(t, cli, strings.Replace(sc, `{}`, `{"zone":"a","minLocalReady":0.6}`, 1))
-	lbtest.WaitAll(t, cc2, "b1", "b2", "b3")
+	lbtest.ZonePreference(t, func(fields string) string { return strings.Replace(sc, `{}`, "{"+fields+"}", 1) })
 }
 
 func TestParseConfig(t *testing.T) {
