@@ -39,6 +39,9 @@ func TestSlowBackendAvoided(t *testing.T) {
 	m := etcdtest.Single(t)
 	cli := m.Client(t)
 	bs := lbtest.StartBackends(t, lbtest.Registrar(t, cli), 3, nil)
+	for _, b := range bs {
+		b.SetDelay(healthyDelay)
+	}
 	cc := lbtest.Dial(t, cli, sc)
 	lbtest.WaitAll(t, cc, "b0", "b1", "b2")
 	// Healthy, b1 gets a fair share (about a third; latency noise on a
@@ -53,12 +56,20 @@ func TestSlowBackendAvoided(t *testing.T) {
 	})
 	t.Logf("slow backend under 10%% of the RPCs after %v", took)
 
-	bs[1].SetDelay(0)
+	bs[1].SetDelay(healthyDelay)
 	took = testx.Eventually(t, 20*time.Second, "b1's share never came back after it recovered", func() bool {
 		return share(lbtest.Spread(t, cc, 300), "b1") > 0.2
 	})
 	t.Logf("recovered backend back over 20%% after %v", took)
 }
+
+// healthyDelay is how long the tests' healthy backends take to answer:
+// enough that alike backends' estimates stay within the policy's 20% tie
+// margin of each other, rather than differ by a busy machine's noise on
+// loopback RPCs of a hundred microseconds, which hands most picks to
+// whichever estimate is lowest at the moment (TestNewEndpointNotFlooded
+// saw 0.41-0.44 of them go to one of four backends under load).
+const healthyDelay = 2 * time.Millisecond
 
 // TestNewEndpointNotFlooded: an endpoint that joins a busy service starts
 // from its peers' median estimate, not from zero, so it gets about its fair
@@ -67,12 +78,15 @@ func TestNewEndpointNotFlooded(t *testing.T) {
 	m := etcdtest.Single(t)
 	cli := m.Client(t)
 	reg := lbtest.Registrar(t, cli)
-	lbtest.StartBackends(t, reg, 3, nil)
+	for _, b := range lbtest.StartBackends(t, reg, 3, nil) {
+		b.SetDelay(healthyDelay)
+	}
 	cc := lbtest.Dial(t, cli, sc)
 	lbtest.WaitAll(t, cc, "b0", "b1", "b2")
 	lbtest.Spread(t, cc, 300)
 
 	newcomer := lbtest.StartBackends(t, nil, 4, nil)[3] // named b3
+	newcomer.SetDelay(healthyDelay)
 	if err := reg.Register(testx.Context(t, 5*time.Second), newcomer.Endpoint); err != nil {
 		t.Fatal(err)
 	}
