@@ -105,6 +105,9 @@ func TestNotServingGetsNoPicks(t *testing.T) {
 	m := etcdtest.Single(t)
 	cli := m.Client(t)
 	bs := lbtest.StartBackends(t, lbtest.Registrar(t, cli), 3, nil)
+	for _, b := range bs {
+		b.SetDelay(healthyDelay) // alike, so b2 gets a third of the picks until it is excluded
+	}
 	cc := lbtest.Dial(t, cli, sc)
 	lbtest.WaitAll(t, cc, "b0", "b1", "b2")
 	bs[2].Health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)

@@ -252,25 +252,42 @@ func TestProbeBackoff(t *testing.T) {
 	}
 	// Now the faster one, it wins every pick; two more fast answers bring
 	// the wait down to the probe interval.
-	for range 2 {
+	// (The other one may get a probe of its own, should the test be
+	// descheduled past the 5ms probe interval; it is answered as
+	// cancelled, which changes nothing.)
+	for answered, picks := 0, 0; answered < 2; picks++ {
+		if picks == 100 {
+			t.Fatal("the endpoint that answered its probe fastest got 2 of 100 picks")
+		}
 		res, err := p.Pick(balancer.PickInfo{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if slow.pending() != 1 {
-			t.Fatal("the endpoint that answered its probe fastest lost a pick")
+		if slow.pending() == 1 {
+			res.Done(balancer.DoneInfo{})
+			answered++
+		} else {
+			res.Done(balancer.DoneInfo{Err: status.Error(codes.Canceled, "")})
 		}
-		res.Done(balancer.DoneInfo{})
 	}
 	if got := slow.probeGap.Load(); got != 0 {
 		t.Fatalf("after three fast answers the wait is %v, want 0 (the probe interval)", time.Duration(got))
 	}
 	// A failure, probe or not, doubles it again.
-	res, err := p.Pick(balancer.PickInfo{})
-	if err != nil {
-		t.Fatal(err)
+	for picks := 0; ; picks++ {
+		if picks == 100 {
+			t.Fatal("the faster endpoint got none of 100 picks")
+		}
+		res, err := p.Pick(balancer.PickInfo{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if slow.pending() == 1 {
+			res.Done(unavailable)
+			break
+		}
+		res.Done(balancer.DoneInfo{Err: status.Error(codes.Canceled, "")})
 	}
-	res.Done(unavailable)
 	if got := time.Duration(slow.probeGap.Load()); got != 10*time.Millisecond {
 		t.Fatalf("after a failure the wait is %v, want 10ms", got)
 	}
