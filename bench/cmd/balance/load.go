@@ -250,15 +250,14 @@ func runTries(ctx context.Context, cfg config, f *fleet, pol, sc string, round i
 		if r.err != nil {
 			return best, fmt.Errorf("%s with %s: %w", sc, pol, r.err)
 		}
+		if !r.disturbed(cfg.maxLag) {
+			r.runs = try
+			return r, nil
+		}
 		if try == 1 || r.maxLag < best.maxLag {
 			best = r
 		}
 		best.runs = try
-		if !r.disturbed(cfg.maxLag) {
-			best = r
-			best.runs = try
-			return best, nil
-		}
 		fmt.Fprintf(os.Stderr, "balance: %s with %s: disturbed (a send %v late), again\n", sc, pol, r.maxLag.Round(time.Millisecond))
 	}
 	return best, nil
