@@ -258,7 +258,7 @@ func (b *p2cBalancer) UpdateState(s balancer.State) {
 			fresh = append(fresh, a)
 		default:
 			if r {
-				peers = append(peers, st.estimate(uint32(now/1e6), b.decay))
+				peers = append(peers, st.estimate(millis(now), b.decay))
 			}
 		}
 	}
@@ -313,8 +313,8 @@ func median(v []float64) float64 {
 // until the busy ones' estimates come back down, the slow one wins
 // comparisons (seen in bench/cmd/balance: a 22 ms stall took three 1 ms
 // backends' estimates above a 10 ms one's). A tenth of the decay (1s) cut
-// the slow backend's share from 1-2% to 0.3-0.5% of the RPCs, a fiftieth
-// to 0.2-0.3% (five runs each, alternated).
+// the slow backend's share from 1-2% to 0.3-1.4% of the RPCs, a fiftieth
+// to 0.2-0.3% (six runs each, alternated).
 const sampleDecayFactor = 50
 
 // tieMargin is how much lower one cost must be than the other to win.
@@ -325,6 +325,14 @@ var epoch = time.Now()
 
 // clock returns the monotonic time since epoch, in nanoseconds.
 func clock() int64 { return int64(time.Since(epoch)) }
+
+// millis converts a clock reading to the milliseconds the estimates are
+// stamped with (wrapping every 49 days; only differences are used).
+func millis(clock int64) uint32 { return uint32(clock / 1e6) }
+
+// beats reports whether cost x wins against cost y: it must be lower by
+// more than tieMargin, else the two count as equal.
+func beats(x, y float64) bool { return x < y*(1-tieMargin) }
 
 // stats is the load estimate of one endpoint, shared by its pickers and
 // updated without locks.
@@ -370,7 +378,7 @@ func unpack(w uint64) (costUs float64, ms uint32) {
 }
 
 func (s *stats) reset(costUs float64, now int64) {
-	s.est.Store(pack(costUs, uint32(now/1e6)))
+	s.est.Store(pack(costUs, millis(now)))
 	s.lastPick.Store(now)
 }
 
@@ -384,10 +392,10 @@ func (s *stats) picked(now int64) {
 
 // replace sets the estimate to a probe's sample.
 func (s *stats) replace(sampleUs float64, now int64) {
-	s.est.Store(pack(sampleUs, uint32(now/1e6)))
+	s.est.Store(pack(sampleUs, millis(now)))
 }
 
-// estimate returns the latency estimate at nowMs (clock()/1e6), decayed
+// estimate returns the latency estimate at nowMs (millis(clock())), decayed
 // towards zero for the time since its last update. The common case, an
 // estimate updated within the same millisecond, is inlined into Pick.
 func (s *stats) estimate(nowMs uint32, d *decay) float64 {
@@ -500,7 +508,7 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 			j++
 		}
 		a, b := &p.members[i], &p.members[j]
-		nowMs := uint32(now / 1e6)
+		nowMs := millis(now)
 		ca := a.stats.estimate(nowMs, p.decay) * float64(a.stats.pending()+1)
 		cb := b.stats.estimate(nowMs, p.decay) * float64(b.stats.pending()+1)
 		// Costs within tieMargin of each other count as equal, and a is
@@ -510,7 +518,7 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 		m = a
 		loser := b
 		c.rival = cb
-		if cb < ca*(1-tieMargin) {
+		if beats(cb, ca) {
 			m, loser = b, a
 			c.rival = ca
 		}
@@ -597,7 +605,7 @@ func (c *call) finish(info balancer.DoneInfo) {
 		if probe {
 			s.replace(sample, now)
 		} else {
-			s.observe(sample, uint32(now/1e6), p.decay.inv*sampleDecayFactor)
+			s.observe(sample, millis(now), p.decay.inv*sampleDecayFactor)
 		}
 		// The wait before the next probe doubles when a probe, or any
 		// failure, shows the endpoint still worse than the rival it was
@@ -606,7 +614,7 @@ func (c *call) finish(info balancer.DoneInfo) {
 		// its calls does not win back every other probe's worth of
 		// traffic, and a hiccup (one slow answer, no failure) leaves the
 		// wait alone.
-		if rival < sample*(1-tieMargin) {
+		if beats(rival, sample) {
 			if probe || trouble {
 				s.probeGap.Store(min(2*max(s.probeGap.Load(), p.probe), p.maxGap))
 			}

@@ -52,9 +52,6 @@ func TestPickAllocatesNothing(t *testing.T) {
 	}
 }
 
-// ms is a clock() reading in the milliseconds the estimates use.
-func ms(clock int64) uint32 { return uint32(clock / 1e6) }
-
 func TestPeakEWMA(t *testing.T) {
 	const invDecay = 1.0 / 1000 // 1s
 	d := newDecay(invDecay)
@@ -62,20 +59,20 @@ func TestPeakEWMA(t *testing.T) {
 	now := int64(time.Hour) // any time
 	s.reset(1000, now)      // 1ms
 	// A spike is taken at once.
-	s.observe(50_000, ms(now+int64(time.Millisecond)), invDecay)
-	if got := s.estimate(ms(now+int64(time.Millisecond)), d); got != 50_000 {
+	s.observe(50_000, millis(now+int64(time.Millisecond)), invDecay)
+	if got := s.estimate(millis(now+int64(time.Millisecond)), d); got != 50_000 {
 		t.Fatalf("after a 50ms sample the estimate is %vµs, want 50000", got)
 	}
 	// Lower samples pull it down gradually: one decay time later, 63% of
 	// the way.
-	s.observe(1000, ms(now+int64(time.Second)+int64(time.Millisecond)), invDecay)
-	got := s.estimate(ms(now+int64(time.Second)+int64(time.Millisecond)), d)
+	s.observe(1000, millis(now+int64(time.Second)+int64(time.Millisecond)), invDecay)
+	got := s.estimate(millis(now+int64(time.Second)+int64(time.Millisecond)), d)
 	want := 50_000*0.3679 + 1000*0.6321
 	if got < want*0.99 || got > want*1.01 {
 		t.Fatalf("one decay time after the spike the estimate is %vµs, want about %vµs", got, want)
 	}
 	// Unobserved, it decays towards zero, so the endpoint is tried again.
-	later := s.estimate(ms(now+int64(5*time.Second)), d)
+	later := s.estimate(millis(now+int64(5*time.Second)), d)
 	if later > got*0.05 {
 		t.Fatalf("4s without samples the estimate is %vµs, want under 5%% of %v", later, got)
 	}
@@ -195,7 +192,7 @@ func TestProbe(t *testing.T) {
 		t.Fatalf("the avoided endpoint got %d of 100 picks, want 1 probe", picks)
 	}
 	probe.Done(balancer.DoneInfo{}) // answered at once: healthy again
-	if c := slow.estimate(ms(clock()), p.decay); c > 10_000 {
+	if c := slow.estimate(millis(clock()), p.decay); c > 10_000 {
 		t.Fatalf("after a fast probe the estimate is still %vµs", c)
 	}
 }
