@@ -17,7 +17,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/balancer"
-	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/serviceconfig"
 
@@ -49,7 +48,7 @@ type recordBuilder struct{}
 func (recordBuilder) Name() string { return recordName }
 
 func (recordBuilder) Build(cc balancer.ClientConn, _ balancer.BuildOptions) balancer.Balancer {
-	return &recorder{cc: cc}
+	return &recorder{benchenv.RecordingBase{CC: cc}}
 }
 
 func (recordBuilder) ParseConfig(js json.RawMessage) (serviceconfig.LoadBalancingConfig, error) {
@@ -64,8 +63,7 @@ func (recordBuilder) ParseConfig(js json.RawMessage) (serviceconfig.LoadBalancin
 }
 
 type recorder struct {
-	cc     balancer.ClientConn
-	picked bool
+	benchenv.RecordingBase
 }
 
 func (r *recorder) UpdateClientConnState(s balancer.ClientConnState) error {
@@ -82,22 +80,8 @@ func (r *recorder) UpdateClientConnState(s balancer.ClientConnState) error {
 	slices.Sort(addrs)
 	slots[cfg.Slot].Store(&addrs)
 	updates.Add(1)
-	if !r.picked {
-		r.picked = true
-		r.cc.UpdateState(balancer.State{ConnectivityState: connectivity.Connecting, Picker: noPicker{}})
-	}
+	r.Connecting()
 	return nil
-}
-
-func (r *recorder) ResolverError(error)                                        {}
-func (r *recorder) UpdateSubConnState(balancer.SubConn, balancer.SubConnState) {}
-func (r *recorder) Close()                                                     {}
-func (r *recorder) ExitIdle()                                                  {}
-
-type noPicker struct{}
-
-func (noPicker) Pick(balancer.PickInfo) (balancer.PickResult, error) {
-	return balancer.PickResult{}, balancer.ErrNoSubConnAvailable
 }
 
 // runChild holds the ClientConns and answers the parent's check requests,

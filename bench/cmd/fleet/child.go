@@ -21,7 +21,6 @@ import (
 	etcdresolver "go.etcd.io/etcd/client/v3/naming/resolver"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/balancer"
-	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/grpclog"
 	"google.golang.org/grpc/serviceconfig"
@@ -61,7 +60,7 @@ type recordBuilder struct{ name string }
 func (b recordBuilder) Name() string { return b.name }
 
 func (recordBuilder) Build(cc balancer.ClientConn, _ balancer.BuildOptions) balancer.Balancer {
-	return &recorder{cc: cc}
+	return &recorder{benchenv.RecordingBase{CC: cc}}
 }
 
 type anyConfig struct {
@@ -74,8 +73,7 @@ func (recordBuilder) ParseConfig(json.RawMessage) (serviceconfig.LoadBalancingCo
 }
 
 type recorder struct {
-	cc     balancer.ClientConn
-	picked bool
+	benchenv.RecordingBase
 }
 
 func (r *recorder) UpdateClientConnState(s balancer.ClientConnState) error {
@@ -92,10 +90,7 @@ func (r *recorder) UpdateClientConnState(s balancer.ClientConnState) error {
 	book.addrs[r] = set
 	check(r)
 	book.Unlock()
-	if !r.picked {
-		r.picked = true
-		r.cc.UpdateState(balancer.State{ConnectivityState: connectivity.Connecting, Picker: noPicker{}})
-	}
+	r.Connecting()
 	return nil
 }
 
@@ -109,17 +104,6 @@ func check(r *recorder) {
 		close(book.done)
 		book.done = nil
 	}
-}
-
-func (r *recorder) ResolverError(error)                                        {}
-func (r *recorder) UpdateSubConnState(balancer.SubConn, balancer.SubConnState) {}
-func (r *recorder) Close()                                                     {}
-func (r *recorder) ExitIdle()                                                  {}
-
-type noPicker struct{}
-
-func (noPicker) Pick(balancer.PickInfo) (balancer.PickResult, error) {
-	return balancer.PickResult{}, balancer.ErrNoSubConnAvailable
 }
 
 // arm sets the goal and returns a channel closed when every ClientConn

@@ -6,8 +6,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc/balancer"
-	"google.golang.org/grpc/connectivity"
 	grpcresolver "google.golang.org/grpc/resolver"
+
+	"github.com/mustersd/muster/bench/internal/benchenv"
 )
 
 // observeName is the load-balancing policy every ClientConn of the benchmark
@@ -27,7 +28,7 @@ type observeBuilder struct{}
 func (observeBuilder) Name() string { return observeName }
 
 func (observeBuilder) Build(cc balancer.ClientConn, _ balancer.BuildOptions) balancer.Balancer {
-	o := &observer{cc: cc}
+	o := &observer{RecordingBase: benchenv.RecordingBase{CC: cc}}
 	track.add(o)
 	return o
 }
@@ -37,8 +38,7 @@ func (observeBuilder) Build(cc balancer.ClientConn, _ balancer.BuildOptions) bal
 // nothing per update and takes no lock shared with other ClientConns, so
 // that the child's CPU and garbage are the system's.
 type observer struct {
-	cc     balancer.ClientConn
-	picked bool // a picker was handed to cc; only UpdateClientConnState touches it
+	benchenv.RecordingBase
 
 	mu      sync.Mutex
 	state   grpcresolver.State
@@ -51,28 +51,11 @@ func (o *observer) UpdateClientConnState(s balancer.ClientConnState) error {
 	o.state, o.seen = s.ResolverState, true
 	track.check(o)
 	o.mu.Unlock()
-	if !o.picked {
-		// One state suffices to make the ClientConn happy; RPCs would
-		// wait for a picker that never comes, and none is made.
-		o.picked = true
-		o.cc.UpdateState(balancer.State{ConnectivityState: connectivity.Connecting, Picker: noPicker{}})
-	}
+	o.Connecting()
 	return nil
 }
 
-func (o *observer) ResolverError(error) {}
-
-func (o *observer) UpdateSubConnState(balancer.SubConn, balancer.SubConnState) {}
-
 func (o *observer) Close() { track.remove(o) }
-
-func (o *observer) ExitIdle() {}
-
-type noPicker struct{}
-
-func (noPicker) Pick(balancer.PickInfo) (balancer.PickResult, error) {
-	return balancer.PickResult{}, balancer.ErrNoSubConnAvailable
-}
 
 // epoch is the origin of the goals' times (monotonic clock).
 var epoch = time.Now()
