@@ -18,17 +18,24 @@ func errText(err error) string {
 	return err.Error()
 }
 
-// healthLoop reads the store's health every healthInterval.
-func (s *Server) healthLoop() {
-	t := time.NewTicker(healthInterval)
+// healthLoop reads the store's health at once, then every healthInterval.
+func (s *Server) healthLoop() { s.every(healthInterval, true, s.checkHealth) }
+
+// every calls f every d until the server closes; first at once if now is
+// set.
+func (s *Server) every(d time.Duration, now bool, f func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
+	if now {
+		f()
+	}
 	for {
-		s.checkHealth()
 		select {
 		case <-s.ctx.Done():
 			return
 		case <-t.C:
 		}
+		f()
 	}
 }
 

@@ -28,21 +28,14 @@ type instanceLeaseJSON struct {
 // leaseLoop finds the leases of new instances and reads lease TTLs, every
 // leaseInterval, while etcd answers.
 func (s *Server) leaseLoop() {
-	t := time.NewTicker(leaseInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-t.C:
-		}
+	s.every(leaseInterval, false, func() {
 		s.mu.Lock()
 		healthy := s.health.statusErr == nil
 		s.mu.Unlock()
 		if healthy {
 			s.refreshLeases()
 		}
-	}
+	})
 }
 
 // keyMeta is what a read tells of a key beside its value. (Values are read
